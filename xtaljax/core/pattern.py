@@ -177,10 +177,17 @@ def _render(two_theta, pos, bragg, intensity, fwhm, eta, instrument, config: Sim
         vals = profile(two_theta[None, :] - pos[:, None])
         return intensity @ vals
     win = int(config.window)
-    start = jnp.searchsorted(two_theta, centre) - win // 2
-    start = jnp.clip(start, 0, n_grid - win)
+    # grid index of each centre, extrapolated with the end steps beyond the grid
+    step_lo = two_theta[1] - two_theta[0]
+    step_hi = two_theta[-1] - two_theta[-2]
+    ic = jnp.searchsorted(two_theta, centre)
+    ic = ic + jnp.where(centre > two_theta[-1], jnp.floor((centre - two_theta[-1]) / step_hi), 0).astype(ic.dtype)
+    ic = ic - jnp.where(centre < two_theta[0], jnp.ceil((two_theta[0] - centre) / step_lo), 0).astype(ic.dtype)
+    lo = ic - win // 2  # the peak's own window [lo, lo + win)
+    start = jnp.clip(lo, 0, n_grid - win)  # kept inside the grid near the ends ...
     idx = start[:, None] + jnp.arange(win)[None, :]
-    vals = profile(two_theta[idx] - pos[:, None]) * intensity[:, None]
+    inside = (idx >= lo[:, None]) & (idx < lo[:, None] + win)  # ... but only the own window counts
+    vals = jnp.where(inside, profile(two_theta[idx] - pos[:, None]), 0.0) * intensity[:, None]
     return jnp.zeros(n_grid, two_theta.dtype).at[idx.reshape(-1)].add(vals.reshape(-1))
 
 
