@@ -101,6 +101,10 @@ def load_structure(path):
         raise ValueError(f"{path}: cannot read structure ({msg})") from None
     if len(s) == 0:
         raise ValueError(f"{path}: structure has no sites")
+    if path.suffix.lower() == ".cif" and "b_iso" not in s.site_properties:
+        b = _cif_b_iso(path, s)
+        if b is not None:
+            s.add_site_property("b_iso", b)
     if s.lattice.volume <= 1e-6:
         raise ValueError(f"{path}: cell volume must be positive, got {s.lattice.volume:.6g} Å^3")
     for site in s:
@@ -146,3 +150,31 @@ def to_pymatgen(crystal: Crystal):
             sites.append((x, {sp: float(o)}, float(b)))
     return Structure(Lattice(np.asarray(crystal.lattice, np.float64)), [c for _, c, _ in sites],
                      [x for x, _, _ in sites], site_properties={"b_iso": [b for _, _, b in sites]})
+
+
+def _cif_b_iso(path: Path, structure) -> list[float] | None:
+    """Per-site B (Å²) from a CIF's ``_atom_site_B_iso_or_equiv`` or ``_atom_site_U_iso_or_equiv``
+    (B = 8π²U), matched to the structure's sites by label. ``None`` if the CIF has neither."""
+    from pymatgen.io.cif import CifFile
+
+    try:
+        block = next(iter(CifFile.from_file(str(path)).data.values())).data
+    except Exception:
+        return None
+    labels = block.get("_atom_site_label")
+    if labels is None:
+        return None
+    factor, values = 1.0, block.get("_atom_site_B_iso_or_equiv")
+    if values is None:
+        factor, values = 8 * np.pi**2, block.get("_atom_site_U_iso_or_equiv")
+    if values is None:
+        return None
+
+    def num(v):
+        try:
+            return float(str(v).split("(")[0]) * factor
+        except ValueError:
+            return 0.0
+
+    table = {str(lab): num(v) for lab, v in zip(labels, values)}
+    return [table.get(str(getattr(site, "label", "")), 0.0) for site in structure]

@@ -1,0 +1,53 @@
+"""Matplotlib figures (Agg backend; files only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pattern(two_theta, y, path, *, sticks=None, title: str = "", wavelength_label: str = "") -> str:
+    """Simulated profile (and optional stick positions/intensities) to a PNG."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    ax.plot(two_theta, y, lw=0.8, color="C0", label="simulated")
+    if sticks is not None:
+        ymax = float(np.max(y)) if np.size(y) else 1.0
+        ax.vlines(sticks.two_theta, 0, sticks.intensity / 100 * ymax, color="C3", lw=0.8, label="sticks")
+    ax.set_xlabel(f"2θ (degrees){wavelength_label}")
+    ax.set_ylabel("intensity")
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_fit(two_theta, y_obs, y_calc, path, *, ticks=None, title: str = "") -> str:
+    """Observed, calculated, difference and reflection ticks (a Rietveld-style plot)."""
+    plt = _plt()
+    fig, (ax, axd) = plt.subplots(2, 1, figsize=(10, 5.5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    ax.plot(two_theta, y_obs, ".", ms=1.5, color="k", label="observed")
+    ax.plot(two_theta, y_calc, lw=0.8, color="C3", label="calculated")
+    if ticks is not None and len(ticks):
+        lo = float(np.min(y_obs))
+        ax.plot(ticks, np.full(len(ticks), lo - 0.03 * (np.max(y_obs) - lo)), "|", color="C2", ms=6, label="reflections")
+    ax.set_ylabel("counts")
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    axd.plot(two_theta, np.asarray(y_obs) - np.asarray(y_calc), lw=0.6, color="C0")
+    axd.set_ylabel("obs − calc")
+    axd.set_xlabel("2θ (degrees)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
