@@ -1,0 +1,61 @@
+"""Smoke test of ``benchmarks/simulate.py --size tiny``: it runs, writes the JSON it promises,
+and every timing/throughput in it is a positive number."""
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import shared_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_simulate_benchmark_tiny(tmp_path):
+    csv_path = shared_path("structures", "mp_20_subset", "mp_20_subset.csv")
+    out = tmp_path / "simulate_tiny.json"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "simulate.py"), "--size", "tiny",
+                           "--repeats", "2", "--data", str(csv_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert elapsed < 60, f"tiny benchmark took {elapsed:.1f} s"
+
+    r = json.loads(out.read_text())
+    for key in ("device", "versions", "workload", "results", "peers", "targets", "models", "env"):
+        assert key in r, key
+    assert r["size"] == "tiny" and r["dtype"] == "float32"
+    assert r["device"]["platform"] and r["device"]["device_kind"]
+    assert _positive(r["device"]["cpus_available"])
+    assert r["versions"]["jax"] and r["versions"]["jaxlib"]
+    w = r["workload"]
+    assert w["n_structures"] == 8
+    assert w["config"]["window"] > 0 and w["lines"] == 2
+    assert w["two_theta"]["points"] > 100
+
+    for mode in ("bucketed", "unbucketed"):
+        m = r["results"][mode]
+        for k in ("prepare_s", "compile_forward_s", "compile_value_and_grad_s"):
+            assert _positive(m[k]), (mode, k, m[k])
+        assert _positive(m["forward"]["patterns_per_s"]) and _positive(m["forward"]["median_s"])
+        assert all(_positive(t) for t in m["forward"]["seconds_per_pass"])
+        assert _positive(m["value_and_grad"]["per_s"]) and _positive(m["value_and_grad"]["ratio_to_forward"])
+        for k in ("pv_evaluations_per_pattern", "flops_per_pattern", "bytes_per_pattern", "achieved_gflops"):
+            assert _positive(m["roofline"][k]), (mode, k)
+        assert m["groups"] and all(g["capacity"] > 0 and g["site_padding"] > 0 and g["batch"] > 0
+                                   for g in m["groups"])
+        assert sum(g["structures"] for g in m["groups"]) == 8
+    # bucketing only changes shapes, never values
+    assert r["results"]["bucketed_vs_unbucketed_max_rel_diff"] < 1e-4
+
+    for peer in ("pymatgen_sticks", "xtaljax_sticks"):
+        assert _positive(r["peers"][peer]["per_s"]), peer
+    assert "braggcalculator" in r["peers"]
+    assert _positive(r["targets"]["patterns_per_s"])
