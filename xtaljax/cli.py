@@ -168,7 +168,7 @@ def cmd_demo(args) -> int:
     print(f"FAP simulated on {tt.size} points ({tt[0]:.2f}-{tt[-1]:.2f} deg 2theta), "
           f"scale + background fitted: Rwp = {fit['rwp']:.2f} % (GSAS-II wR), Rp = {fit['rp']:.2f} %, GoF = {fit['gof']:.2f}")
     print(f"  diagnostic: with a zero shift of {z_best:+.2f} deg (scanned) Rwp = {rwp_best:.2f} %; "
-          "the remaining misfit is the starting profile terms (refinement issue)")
+          "the rest is the starting profile terms and the model's high-angle intensity (refinement issue)")
     for name in ("fap_simulated.xy", "fap_fit.png", "fap_demo.json"):
         print(f"  wrote {out / name}")
     return 0

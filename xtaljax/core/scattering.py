@@ -122,16 +122,17 @@ def form_factor(species, s2, model: str = "pymatgen"):
       ``(m, n)`` form factors in electrons (exactly 0 for padding).
     """
     t = _tables()
+    dt = s2.dtype
     s2 = s2[:, None, None]
     if model == "pymatgen":
-        coeff = jnp.asarray(t["pmg"])[species]  # (n, 4, 2)
-        z = jnp.asarray(t["z"])[species]  # (n,)
+        coeff = jnp.asarray(t["pmg"], dt)[species]  # (n, 4, 2)
+        z = jnp.asarray(t["z"], dt)[species]  # (n,)
         a = coeff[None, :, :, 0]
         b = coeff[None, :, :, 1]
         return z[None, :] - 41.78214 * s2[..., 0] * jnp.sum(a * jnp.exp(-b * s2), axis=-1)
     if model == "itc":
-        a = jnp.asarray(t["wk_a"])[species][None]
-        b = jnp.asarray(t["wk_b"])[species][None]
-        c = jnp.asarray(t["wk_c"])[species][None]
+        a = jnp.asarray(t["wk_a"], dt)[species][None]
+        b = jnp.asarray(t["wk_b"], dt)[species][None]
+        c = jnp.asarray(t["wk_c"], dt)[species][None]
         return jnp.sum(a * jnp.exp(-b * s2), axis=-1) + c
     raise ValueError(f"unknown form-factor model {model!r}; choose from {FORM_FACTOR_MODELS}")
