@@ -174,6 +174,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_symmetry(args) -> int:
+    from xtaljax.io import load_structure
+    from xtaljax.io.spacegroups import symmetrize
+
+    structure = load_structure(args.structure)
+    _, _, info = symmetrize(structure, symprec=args.symprec, return_info=True)
+    d = info.to_dict()
+    if args.json:
+        print(json.dumps(d, indent=1))
+        return 0
+    lat = d["lattice"]
+    print(f"space group   {info.symbol} (No. {info.space_group}), {info.crystal_system}")
+    print("lattice       a={a:.5f} b={b:.5f} c={c:.5f} alpha={alpha:.3f} beta={beta:.3f} gamma={gamma:.3f}".format(**lat))
+    print(f"free params   {d['free_parameters']} = {info.n_lattice} lattice + {info.n_free_coords} coordinates")
+    print("sites         element  Wyckoff  site sym.  free coordinates")
+    for s in info.sites:
+        print(f"              {s.element:<8} {s.multiplicity}{s.wyckoff:<7} {s.site_symmetry:<10} ({', '.join(s.free)})  dof={s.dof}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xtaljax", description="Differentiable powder X-ray diffraction in JAX")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -189,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output file: .xy/.csv (profile) or .json (sticks)")
     sp.add_argument("--plot", help="PNG plot of the profile")
     sp.set_defaults(func=cmd_simulate)
+    yp = sub.add_parser("symmetry", help="space group, Wyckoff positions and free parameters of a structure")
+    yp.add_argument("structure")
+    yp.add_argument("--symprec", type=float, default=0.01, help="spglib tolerance (Å)")
+    yp.add_argument("--json", action="store_true")
+    yp.set_defaults(func=cmd_symmetry)
     dp = sub.add_parser("demo", help="the shipped fluoroapatite example")
     dp.add_argument("--out", default="out/demo", help="output folder")
     dp.add_argument("--background-terms", type=int, default=6)

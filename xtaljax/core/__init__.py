@@ -7,6 +7,7 @@ from .pattern import (SimConfig, prepare_batch, simulate_batch, chebyshev_backgr
                       simulate_kernel, simulate_phases, structure_factors)
 from .reflections import Reflections, make_reflections, stack_reflections
 from .scattering import scatterer_index, scatterer_names
+from .symmetry import SymmetryParams, SymmetryTemplate, crystal_system, expand, lattice_family_tables, project_lattice
 from .sticks import StickTable, reflection_table, sticks
 
 __all__ = [
