@@ -26,7 +26,8 @@ def test_simulate_benchmark_tiny(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert elapsed < 60, f"tiny benchmark took {elapsed:.1f} s"
+    # ~20 s alone, ~45 s beside another busy worker on 2 cores (pytest -n 2)
+    assert elapsed < 90, f"tiny benchmark took {elapsed:.1f} s"
 
     r = json.loads(out.read_text())
     for key in ("device", "versions", "workload", "results", "peers", "targets", "models", "env"):
@@ -54,6 +55,7 @@ def test_simulate_benchmark_tiny(tmp_path):
         assert sum(g["structures"] for g in m["groups"]) == 8
     # bucketing only changes shapes, never values
     assert r["results"]["bucketed_vs_unbucketed_max_rel_diff"] < 1e-4
+    assert r["results"]["bucketed"]["overflow_flags"] == 0
 
     for peer in ("pymatgen_sticks", "xtaljax_sticks"):
         assert _positive(r["peers"][peer]["per_s"]), peer

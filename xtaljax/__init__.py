@@ -8,7 +8,7 @@ from .core.symmetry import SymmetryParams, SymmetryTemplate, expand, project_lat
 __version__ = "0.1.0"
 
 
-def symmetrize(structure, symprec: float = 0.01, angle_tolerance: float = 5.0, **kw):
+def symmetrize(structure, symprec: float = 0.01, angle_tolerance: float = -1.0, **kw):
     """Detect symmetry (spglib) and build ``(template, params)``; see
     :func:`xtaljax.io.spacegroups.symmetrize`. spglib/pymatgen are imported only when called."""
     from .io.spacegroups import symmetrize as _symmetrize

@@ -125,7 +125,7 @@ def _dataset(spglib, cell, symprec, angle_tolerance):
         return None
 
 
-def symmetrize(structure, symprec: float = 0.01, angle_tolerance: float = 5.0, *, return_info: bool = False,
+def symmetrize(structure, symprec: float = 0.01, angle_tolerance: float = -1.0, *, return_info: bool = False,
                pad_sites: int | None = None, pad_orbits: int | None = None):
     """Detect symmetry and build ``(template, params)`` (and :class:`SymmetryInfo` if asked).
 
