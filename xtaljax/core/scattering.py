@@ -123,16 +123,22 @@ def form_factor(species, s2, model: str = "pymatgen"):
     """
     t = _tables()
     dt = s2.dtype
-    s2 = s2[:, None, None]
+    s2 = s2[:, None]
+    # explicit sums over the 4 (5) Gaussians: elementwise (m, n) terms that XLA fuses into one
+    # loop, instead of an (m, n, 4) broadcast reduced over its short last axis
     if model == "pymatgen":
         coeff = jnp.asarray(t["pmg"], dt)[species]  # (n, 4, 2)
         z = jnp.asarray(t["z"], dt)[species]  # (n,)
-        a = coeff[None, :, :, 0]
-        b = coeff[None, :, :, 1]
-        return z[None, :] - 41.78214 * s2[..., 0] * jnp.sum(a * jnp.exp(-b * s2), axis=-1)
+        acc = coeff[None, :, 0, 0] * jnp.exp(-coeff[None, :, 0, 1] * s2)
+        for i in range(1, coeff.shape[1]):
+            acc = acc + coeff[None, :, i, 0] * jnp.exp(-coeff[None, :, i, 1] * s2)
+        return z[None, :] - 41.78214 * s2 * acc
     if model == "itc":
-        a = jnp.asarray(t["wk_a"], dt)[species][None]
-        b = jnp.asarray(t["wk_b"], dt)[species][None]
-        c = jnp.asarray(t["wk_c"], dt)[species][None]
-        return jnp.sum(a * jnp.exp(-b * s2), axis=-1) + c
+        a = jnp.asarray(t["wk_a"], dt)[species]
+        b = jnp.asarray(t["wk_b"], dt)[species]
+        c = jnp.asarray(t["wk_c"], dt)[species]
+        acc = a[None, :, 0] * jnp.exp(-b[None, :, 0] * s2)
+        for i in range(1, a.shape[1]):
+            acc = acc + a[None, :, i] * jnp.exp(-b[None, :, i] * s2)
+        return acc + c[None, :]
     raise ValueError(f"unknown form-factor model {model!r}; choose from {FORM_FACTOR_MODELS}")
