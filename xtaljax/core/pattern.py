@@ -198,7 +198,7 @@ def _render(two_theta, pos, bragg, intensity, fwhm, eta, instrument, config: Sim
         vals = profile(two_theta[None, :] - pos[:, None])
         return intensity @ vals
     win = int(config.window)
-    if not use_fcj:  # fused kernel with a hand-written VJP (see windowed_pseudo_voigt)
+    if not use_fcj:  # fused kernel with a hand-written JVP (see windowed_pseudo_voigt)
         return windowed_pseudo_voigt(two_theta, pos, intensity, fwhm, eta, win)
     lo, start = window_starts(two_theta, centre, win)
     j = start[:, None] + jnp.arange(win)[None, :]
