@@ -3,7 +3,7 @@
 * ``rwp`` — GSAS-II wR: 100·√(Σ w (yo − yc)² / Σ w yo²), w = 1/σ².
 * ``rp`` — GSAS-II Rp: 100·Σ|yo − yc| / Σ yo.
 * ``r_expected`` — 100·√((N − P) / Σ w yo²).
-* ``chi2`` — Σ w (yo − yc)²;  ``gof`` (reduced χ²) = χ²/(N − P).
+* ``chi2`` — Σ w (yo − yc)²;  ``reduced_chi2`` = χ²/(N − P);  ``gof`` — GSAS-II GOF = √(χ²/(N − P)).
 * ``rwp_wpem`` — PyWPEM's variant: weights 1/max(yo, 1) instead of 1/σ².
 """
 
@@ -47,6 +47,6 @@ def agreement(yo, yc, sigma, n_params: int) -> dict:
     c2 = float(np.sum(w * (yo_ - yc_) ** 2))
     dof = max(n - n_params, 1)
     return {"rwp": rwp(yo, yc, sigma), "rp": rp(yo, yc), "r_expected": float(100 * np.sqrt(dof / np.sum(w * yo_**2))),
-            "chi2": c2, "gof": c2 / dof, "rwp_wpem": rwp_wpem(yo, yc), "n_obs": int(n), "n_params": int(n_params),
-            "definitions": {"rwp": "GSAS-II wR, w=1/sigma^2", "rp": "GSAS-II Rp", "gof": "chi2/(N-P)",
+            "chi2": c2, "reduced_chi2": c2 / dof, "gof": float(np.sqrt(c2 / dof)), "rwp_wpem": rwp_wpem(yo, yc), "n_obs": int(n), "n_params": int(n_params),
+            "definitions": {"rwp": "GSAS-II wR, w=1/sigma^2", "rp": "GSAS-II Rp", "gof": "GSAS-II GOF = sqrt(chi2/(N-P))",
                             "rwp_wpem": "PyWPEM, w=1/max(yo,1)"}}

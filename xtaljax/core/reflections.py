@@ -14,8 +14,16 @@ enumerated:
 
 Only one Friedel half-space is kept (h > 0, or h = 0 and k > 0, or h = k = 0 and l > 0); each
 row stands for the pair {h, -h}, whose powder intensity is summed exactly (also with anomalous
-dispersion), so the multiplicity of a row is 2. No merging of coincident reflections is done:
-every reflection is rendered, and coincident peaks add up on the grid differentiably.
+dispersion), so the multiplicity of a row is 2. By default no merging of coincident reflections
+is done: every reflection is rendered, and coincident peaks add up on the grid differentiably.
+
+:func:`merge_equivalents` merges the rows that a point group maps onto each other (for a
+structure that keeps that symmetry, e.g. one expanded from a symmetry template: the equivalents
+have the same d-spacing and the same Friedel-summed |F|²). The kept row then carries the number
+of rows it stands for in ``mask`` (the kernel multiplies the intensity by it), so a refinement in
+P6_3/m renders 1/6 of the peaks with identical results. Preferred orientation breaks the
+equivalence (the March–Dollase factor depends on the direction of h): do not merge when it is
+refined or set.
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ class Reflections:
 
     Attributes:
       hkl: ``(cap, 3)`` Miller indices (stored as floats for the matmuls); padding rows are 0.
-      mask: ``(cap,)`` 1 for enumerated rows, 0 for padding.
+      mask: ``(cap,)`` weight of each row: 0 for padding, 1 for an enumerated row; a merged
+        list (:func:`merge_equivalents`) stores the number of half-space rows a row stands for.
       lattice0: ``(3, 3)`` lattice the list was enumerated for (Å).
       g_max: ``()`` enumeration radius in Å⁻¹ (``|g| = 1/d``).
     """
@@ -109,6 +118,44 @@ def make_reflections(lattice, g_max: float, *, capacity: int | None = None, marg
     return Reflections(hkl=jnp.asarray(pad, dtype), mask=jnp.asarray(mask, dtype),
                        lattice0=jnp.asarray(np.asarray(lattice, np.float64), dtype),
                        g_max=jnp.asarray(radius, dtype))
+
+
+def merge_equivalents(refl: Reflections, rotations) -> Reflections:
+    """Merge the rows of ``refl`` related by the point-group ``rotations`` (``(n, 3, 3)`` integer
+    matrices acting on fractional coordinates, as spglib returns them; Friedel's law is added).
+
+    Each orbit keeps its first row (the pymatgen order is preserved) with ``mask`` = the number of
+    rows merged into it; the capacity is re-bucketed. Exact for any crystal that has the symmetry
+    (same |g| and Friedel-summed |F|² on an orbit) and no preferred orientation. Host-side.
+    """
+    hkl = np.rint(np.asarray(refl.hkl, np.float64)).astype(np.int64)
+    w = np.asarray(refl.mask, np.float64)
+    rows = np.flatnonzero(w > 0)
+    rots = np.asarray(rotations, np.int64).reshape(-1, 3, 3)
+    if rots.size == 0:
+        raise ValueError("merge_equivalents needs at least one rotation")
+    rots = np.concatenate([rots, -rots])  # Laue group (Friedel pairs are one row already)
+    images = np.einsum("ni,rij->nrj", hkl[rows], rots)  # h' = h R  (row vector)
+    # canonical key of each orbit: the lexicographically largest image
+    flat = images.reshape(-1, 3)
+    order = np.lexsort((flat[:, 2], flat[:, 1], flat[:, 0])).reshape(-1)
+    rank = np.empty(len(flat), np.int64)
+    rank[order] = np.arange(len(flat))
+    best = np.argmax(rank.reshape(len(rows), -1), axis=1)
+    keys = images[np.arange(len(rows)), best]
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    weight = np.bincount(inverse, weights=w[rows])
+    keep = np.sort(first)  # first occurrence of each orbit, in list order
+    n = len(keep)
+    cap = capacity_bucket(max(n, 1))
+    dtype = refl.hkl.dtype
+    pad = np.zeros((cap, 3))
+    pad[:n] = hkl[rows[keep]]
+    mask = np.zeros(cap)
+    mask[:n] = weight[inverse[keep]]
+    return Reflections(hkl=jnp.asarray(pad, dtype), mask=jnp.asarray(mask, dtype), lattice0=refl.lattice0,
+                       g_max=refl.g_max)
 
 
 def stack_reflections(items: list[Reflections], capacity: int | None = None) -> Reflections:

@@ -44,6 +44,11 @@ class SymmetryInfo:
     lattice: tuple  # a, b, c, alpha, beta, gamma of the standard cell
     n_lattice: int
     sites: tuple
+    #: point-group part of the operators of the standard setting, ``(n_ops, 3, 3)`` int (host;
+    #: e.g. for :func:`xtaljax.core.reflections.merge_equivalents`); not in :meth:`to_dict`
+    rotations: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: all operators (R, t) of the standard setting, ``(n, 3, 3)`` and ``(n, 3)`` (host; for CIF output)
+    operations: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def n_free_coords(self) -> int:
@@ -228,7 +233,9 @@ def symmetrize(structure, symprec: float = 0.01, angle_tolerance: float = -1.0, 
     if not return_info:
         return template, params
     info = SymmetryInfo(space_group=int(ds.number), symbol=str(ds.international), crystal_system=system,
-                        lattice=tuple(float(v) for v in six), n_lattice=n_lat, sites=tuple(infos))
+                        lattice=tuple(float(v) for v in six), n_lattice=n_lat, sites=tuple(infos),
+                        rotations=np.unique(np.rint(rots).astype(int), axis=0),
+                        operations=(np.rint(rots).astype(int), np.asarray(trans, float) % 1.0))
     return template, params, info
 
 

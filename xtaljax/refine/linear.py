@@ -46,7 +46,7 @@ def fit_scale_background(crystals: Crystal | list[Crystal], instrument: Instrume
     n_p = len(crystals)
     stats = agreement(yo, yc, sig, a.shape[1])
     normal = (a * w[:, None]).T @ a
-    esd = np.sqrt(np.clip(np.diag(np.linalg.pinv(normal)), 0, None) * stats["gof"])
+    esd = np.sqrt(np.clip(np.diag(np.linalg.pinv(normal)), 0, None) * stats["reduced_chi2"])
     inst = instrument.replace(scale=coef[0], background=coef[n_p:])
     return {"instrument": inst, "phase_scales": coef[:n_p] / coef[0] if coef[0] != 0 else coef[:n_p],
             "scales": coef[:n_p], "background": coef[n_p:], "y_calc": yc, "esd": esd, **stats}
