@@ -174,6 +174,78 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _trim_zero_ends(pat):
+    """Drop leading/trailing runs of exactly-zero counts (scan padding, e.g. the last fields of a
+    GSAS STD record): a detector does not count 0 where the background is ~100."""
+    y = pat.intensity
+    nz = np.flatnonzero(y != 0)
+    if nz.size == 0:
+        raise CliError(f"{pat.source}: every intensity is zero")
+    lo, hi = int(nz[0]), int(nz[-1])
+    if lo == 0 and hi == y.size - 1:
+        return pat, 0
+    return pat.restrict(pat.two_theta[lo], pat.two_theta[hi]), int(y.size - (hi - lo + 1))
+
+
+def refine_instrument(args, pattern):
+    """The instrument for a refinement: a file, or a wavelength (lab anode names give the
+    Kα1/Kα2 doublet); checked against a wavelength stated in the pattern file."""
+    import xtaljax as xj
+    from xtaljax.io import read_instrument
+
+    if bool(args.instrument) == bool(args.wavelength):
+        raise CliError("give exactly one of --instrument PRM or --wavelength W")
+    if args.instrument:
+        inst = read_instrument(args.instrument)
+    else:
+        name = args.wavelength
+        anode = name[:2] if len(name) >= 4 and name[2:] == "Ka" else None
+        inst = xj.Instrument.lab(anode) if anode in xj.core.ANODES else xj.Instrument.from_wavelength(name)
+    lam = float(np.asarray(inst.wavelengths)[0])
+    if pattern.wavelength is not None and abs(pattern.wavelength - lam) > 0.005 * lam:
+        raise CliError(f"wavelength mismatch: the pattern file states {pattern.wavelength:g} Å, "
+                       f"the instrument has {lam:g} Å")
+    return inst
+
+
+def cmd_refine(args) -> int:
+    from xtaljax._cache import enable_compilation_cache
+    from xtaljax.io import read_pattern
+    from xtaljax.refine.report import write_outputs
+    from xtaljax.refine.rietveld import Problem
+
+    if not args.no_cache:
+        enable_compilation_cache()
+    pat = read_pattern(args.pattern, fmt=args.format)
+    pat, n_trim = _trim_zero_ends(pat)
+    if n_trim:
+        print(f"  dropped {n_trim} zero-count points at the ends of the scan (padding)", file=sys.stderr)
+    if args.range:
+        pat = pat.restrict(*args.range)
+    inst = refine_instrument(args, pat)
+    phases = []
+    for spec in args.phase:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        phases.append((name or Path(path).stem, path))
+    print(f"refining {Path(args.pattern).name}: {len(pat)} points, 2θ {pat.two_theta[0]:g}-{pat.two_theta[-1]:g}°, "
+          f"phases {', '.join(n for n, _ in phases)}, strategy {args.strategy}", file=sys.stderr)
+    prob = Problem(pat.two_theta, pat.intensity, pat.sigma, phases, inst, n_background=args.background)
+    result = prob.refine(args.strategy, max_cycles=args.max_cycles)
+    files = write_outputs(result, args.out, source=str(args.pattern), strategy=args.strategy)
+    st = result.stats
+    print(f"wR = {st['rwp']:.3f} % (GSAS-II), Rp = {st['rp']:.3f} %, GOF = {st['gof']:.3f}, "
+          f"{len(result.names)} parameters, {len(result.history)} cycles, {result.seconds:.1f} s")
+    for i, pm in enumerate(prob.phases):
+        six, esd = result.lattice(i)
+        print(f"  {pm.name}: " + " ".join(f"{k}={v:.5f}({e:.1e})" for k, v, e in zip("abc", six[:3], esd[:3]))
+              + f"  weight fraction {result.weight_fractions()[i]:.4f}")
+    if result.singular:
+        print(f"  not determined by the data (normal matrix singular): {', '.join(result.singular)}")
+    for f in files:
+        print(f"  wrote {f}")
+    return 0
+
+
 def cmd_symmetry(args) -> int:
     from xtaljax.io import load_structure
     from xtaljax.io.spacegroups import symmetrize
@@ -214,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     yp.add_argument("--symprec", type=float, default=0.01, help="spglib tolerance (Å)")
     yp.add_argument("--json", action="store_true")
     yp.set_defaults(func=cmd_symmetry)
+    rp = sub.add_parser("refine", help="Rietveld refinement of a measured pattern")
+    rp.add_argument("pattern", help="xy/xye/csv, GSAS STD/ESD/FXYE, Bruker RAW, XRDML")
+    rp.add_argument("--phase", action="append", required=True, metavar="[NAME=]CIF",
+                    help="starting structure (repeat for several phases)")
+    rp.add_argument("--instrument", help="GSAS .prm or GSAS-II .instprm")
+    rp.add_argument("--wavelength", help="CuKa (Kα1+Kα2), CuKa1, MoKa, ... or Å")
+    rp.add_argument("--range", nargs=2, type=float, metavar=("START", "STOP"), help="2θ fit range (degrees)")
+    rp.add_argument("--strategy", default="default", help="default, full, lattice, profile, scale, calibration")
+    rp.add_argument("--background", type=int, default=12, help="number of Chebyshev background terms")
+    rp.add_argument("--max-cycles", type=int, default=20, help="cycles per stage at most")
+    rp.add_argument("--format", help="pattern format if the extension is ambiguous")
+    rp.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.set_defaults(func=cmd_refine)
     dp = sub.add_parser("demo", help="the shipped fluoroapatite example")
     dp.add_argument("--out", default="out/demo", help="output folder")
     dp.add_argument("--background-terms", type=int, default=6)

@@ -33,14 +33,18 @@ def plot_pattern(two_theta, y, path, *, sticks=None, title: str = "", wavelength
 
 
 def plot_fit(two_theta, y_obs, y_calc, path, *, ticks=None, title: str = "") -> str:
-    """Observed, calculated, difference and reflection ticks (a Rietveld-style plot)."""
+    """Observed, calculated, difference and reflection ticks (a Rietveld-style plot). ``ticks``:
+    an array of positions, or ``{phase name: positions}`` for one row per phase."""
     plt = _plt()
     fig, (ax, axd) = plt.subplots(2, 1, figsize=(10, 5.5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     ax.plot(two_theta, y_obs, ".", ms=1.5, color="k", label="observed")
     ax.plot(two_theta, y_calc, lw=0.8, color="C3", label="calculated")
-    if ticks is not None and len(ticks):
-        lo = float(np.min(y_obs))
-        ax.plot(ticks, np.full(len(ticks), lo - 0.03 * (np.max(y_obs) - lo)), "|", color="C2", ms=6, label="reflections")
+    rows = ticks if isinstance(ticks, dict) else ({"reflections": ticks} if ticks is not None else {})
+    lo = float(np.min(y_obs))
+    for k, (name, pos) in enumerate(rows.items()):
+        if len(pos):
+            ax.plot(pos, np.full(len(pos), lo - (0.03 + 0.04 * k) * (np.max(y_obs) - lo)), "|", color=f"C{2 + k}",
+                    ms=6, label=name)
     ax.set_ylabel("counts")
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=8)

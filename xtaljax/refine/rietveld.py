@@ -222,12 +222,13 @@ class Problem:
     def _reflections(self, pm: PhaseModel, params: SymmetryParams, inst: Instrument):
         crystal = _expand_jit(pm.template, params)
         refl = reflections_for(crystal, inst, self.two_theta, self.config, margin=self.margin)
-        if self.merge and pm.info.rotations is not None:
-            refl = merge_equivalents(refl, pm.info.rotations)
         if int(np.count_nonzero(np.asarray(refl.mask))) == 0:
             raise RefinementError(f"phase {pm.name}: no reflection falls in the 2θ range "
                                   f"{self.two_theta[0]:g}–{self.two_theta[-1]:g}° at λ = "
-                                  f"{float(np.max(np.asarray(inst.wavelengths))):g} Å (wavelength/file mismatch?)")
+                                  f"{float(np.max(np.asarray(inst.wavelengths))):g} Å (wrong units? 2θ must be in "
+                                  "degrees; or a wavelength/file mismatch)")
+        if self.merge and pm.info.rotations is not None:
+            refl = merge_equivalents(refl, pm.info.rotations)
         return refl
 
     def reenumerate(self, model) -> None:
@@ -310,6 +311,23 @@ class Problem:
         if key not in self._compiled:
             self._compiled[key] = jax.jit(lambda m: self.calc(m, phase_patterns=True))
         return self._compiled[key](model)
+
+    def with_values(self, model, values: dict):
+        """``model`` with the named parameters set (e.g. ``{"FAP:a": 9.37, "zero": 0.01}``)."""
+        by_name = {p.name: p for p in self.parameters}
+        unknown = [n for n in values if n not in by_name]
+        if unknown:
+            raise RefinementError(f"unknown parameter(s) {', '.join(unknown)}")
+        with jax.enable_x64(True):
+            flat = ravel_pytree(model)[0]
+            idx = jnp.asarray([by_name[n].index for n in values], jnp.int32)
+            return self.unravel(flat.at[idx].set(jnp.asarray(list(values.values()), jnp.float64)))
+
+    def values(self, model, names: Sequence[str] | None = None) -> dict:
+        """The named parameters' values in ``model`` (all parameters by default)."""
+        by_name = {p.name: p for p in self.parameters}
+        flat = np.asarray(ravel_pytree(model)[0])
+        return {n: float(flat[by_name[n].index]) for n in (names or by_name)}
 
     def model_of(self, z, params: Sequence[Parameter], base=None):
         flat = self.flat0 if base is None else ravel_pytree(base)[0]
@@ -506,7 +524,8 @@ class Result:
 
     def crystal(self, i: int = 0) -> Crystal:
         pm = self.problem.phases[i]
-        return expand(pm.template, self.model["phases"][i])
+        with jax.enable_x64(True):
+            return _expand_jit(pm.template, self.model["phases"][i])
 
     def lattice(self, i: int = 0):
         """(a, b, c, α, β, γ) and their esd's (propagated through the lattice family)."""
@@ -524,6 +543,24 @@ class Result:
                     cov_p[a_i, b_i] = self.covariance[pos[pa.name], pos[pb.name]]
         var = np.diag(m @ cov_p @ m.T)
         return six, np.sqrt(np.clip(var, 0, None))
+
+    def background(self) -> np.ndarray:
+        with jax.enable_x64(True):
+            return np.asarray(chebyshev_background(jnp.asarray(self.problem.two_theta),
+                                                   self.model["instrument"].background))
+
+    def reflection_positions(self, i: int = 0) -> np.ndarray:
+        """Peak positions (2θ, first line, zero and displacement included) of phase ``i``'s
+        reflections in the fit range."""
+        from ..core.pattern import _peak_table
+
+        pm = self.problem.phases[i]
+        with jax.enable_x64(True):
+            t = _peak_table(self.crystal(i), self.model["instrument"], pm.reflections, self.problem.config.form_factors)
+            n = pm.reflections.capacity
+            pos = np.asarray(t["pos"])[:n][np.asarray(t["valid"])[:n]]
+        tt = self.problem.two_theta
+        return np.sort(pos[(pos >= tt[0]) & (pos <= tt[-1])])
 
     def weight_fractions(self) -> np.ndarray:
         """Hill–Howard: W_p = S_p (ZMV)_p / Σ S (ZMV) with ZM the cell mass (occupancy-weighted) and
