@@ -181,3 +181,21 @@ def test_cli_refine_fap_reaches_gsas2_wr(tmp_path):
     assert main(["refine", str(d / "FAP.XRA"), "--phase", FAP_CIF, "--wavelength", "CuKa", "--range", "200", "300",
                  "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_merged_reflections_give_the_same_pattern(x64):
+    """merge_equivalents (used by the refinement) renders fewer peaks with identical results."""
+    from xtaljax.core.reflections import merge_equivalents
+    from xtaljax.io.spacegroups import symmetrize
+
+    template, params, info = symmetrize(FAP_CIF, return_info=True)
+    c = template.expand(params)
+    tt = np.arange(15.0, 90.0, 0.02)
+    inst = xj.Instrument.cu_kalpha(x=0.03, y=0.02)
+    refl = xj.reflections_for(c, inst, tt)
+    merged = merge_equivalents(refl, info.rotations)
+    n_all, n_merged = int(np.count_nonzero(np.asarray(refl.mask))), int(np.count_nonzero(np.asarray(merged.mask)))
+    assert n_merged < n_all / 3 and float(np.sum(np.asarray(merged.mask))) == n_all
+    y_all = np.asarray(xj.simulate(c, inst, tt, refl))
+    y_merged = np.asarray(xj.simulate(c, inst, tt, merged))
+    np.testing.assert_allclose(y_merged, y_all, rtol=1e-9, atol=1e-9 * y_all.max())

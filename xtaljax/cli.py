@@ -171,7 +171,14 @@ def cmd_demo(args) -> int:
           "the rest is the starting profile terms and the model's high-angle intensity (refinement issue)")
     for name in ("fap_simulated.xy", "fap_fit.png", "fap_demo.json"):
         print(f"  wrote {out / name}")
-    return 0
+    # Rietveld refinement from the starting model (what `xtaljax refine` does)
+    with resources.as_file(data / "fap.cif") as cif, resources.as_file(data / "INST_XRY.PRM") as prm, \
+            resources.as_file(data / "FAP.XRA") as xra:
+        print("Rietveld refinement of FAP (strategy 'default'; GSAS-II tutorial's final wR is 10.38 %):")
+        ns = argparse.Namespace(pattern=str(xra), phase=[f"FAP={cif}"], instrument=str(prm), wavelength=None,
+                                range=None, strategy="default", background=12, max_cycles=20, format=None,
+                                no_cache=False, out=str(out / "refine"))
+        return cmd_refine(ns)
 
 
 def _trim_zero_ends(pat):
@@ -239,6 +246,8 @@ def cmd_refine(args) -> int:
         six, esd = result.lattice(i)
         print(f"  {pm.name}: " + " ".join(f"{k}={v:.5f}({e:.1e})" for k, v, e in zip("abc", six[:3], esd[:3]))
               + f"  weight fraction {result.weight_fractions()[i]:.4f}")
+    if result.at_bounds:
+        print(f"  held at a bound (no esd): {', '.join(result.at_bounds)}")
     if result.singular:
         print(f"  not determined by the data (normal matrix singular): {', '.join(result.singular)}")
     for f in files:

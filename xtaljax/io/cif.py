@@ -71,10 +71,13 @@ def write_symmetric_cif(path, name: str, info, template, params, *, lattice_esd=
     lines += ["", "loop_", "_atom_site_label", "_atom_site_type_symbol", "_atom_site_symmetry_multiplicity",
               "_atom_site_Wyckoff_symbol", "_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z",
               "_atom_site_occupancy", "_atom_site_U_iso_or_equiv", "_atom_site_adp_type"]
+    import re
+
     count: dict = {}
     for o, site in enumerate(info.sites):
-        count[site.element] = count.get(site.element, 0) + 1
-        label = f"{site.element}{count[site.element]}"
+        el = re.sub(r"[0-9.+-]+$", "", site.element)
+        count[el] = count.get(el, 0) + 1
+        label = f"{el}{count[el]}"
         xyz = []
         for i, ax in enumerate("xyz"):
             # the esd of a coordinate: that of the free parameter it depends on (rref basis)

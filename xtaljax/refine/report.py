@@ -54,7 +54,7 @@ def result_dict(result, *, source: str = "", strategy="") -> dict:
         "rwp_wpem": st["rwp_wpem"], "r_expected": st["r_expected"], "n_obs": prob.n_obs, "n_params": len(result.names),
         "definitions": {**st["definitions"], "weight_fraction": "Hill-Howard: S*Z*M*V / sum"},
         "range": [float(prob.two_theta[0]), float(prob.two_theta[-1])],
-        "phases": phases, "parameters": params, "singular": result.singular,
+        "phases": phases, "parameters": params, "singular": result.singular, "at_bounds": result.at_bounds,
         "cycles": len(result.history), "seconds": result.seconds,
         "history": [{k: v for k, v in h.items()} for h in result.history],
     }

@@ -18,7 +18,8 @@ transparency    ``transparency`` (° 2θ)                                       
 gaussian        ``u v w`` (°², instrumental Gaussian; usually from calibration)   u, w ≥ 0
 lorentzian      ``x y`` (°, Lorentzian: sample size/strain and instrument)      ≥ 0
 profile         gaussian + lorentzian
-asymmetry       ``asym_sl asym_hl`` (FCJ S/L, H/L)                               1e-4 … 0.2
+asymmetry       ``shl``: GSAS-II's SH/L = S/L + H/L with S/L = H/L (FCJ)         2e-4 … 0.4
+fcj             ``asym_sl asym_hl`` (FCJ S/L and H/L separately)                 1e-4 … 0.2
 size_strain     ``inv_size`` (Å⁻¹), ``strain``                                   ≥ 0
 po              ``po_ratio`` (March–Dollase)                                     0.2 … 5
 coords          ``<phase>:<El><n>.x`` … Wyckoff free coordinates                 —
@@ -57,23 +58,24 @@ from . import lm
 
 #: named strategies: stages of groups (GSAS-II tutorial order)
 _B = ["scale", "background"]
-_L = _B + ["lattice", "zero"]
-_P = _L + ["displacement", "lorentzian", "asymmetry"]
+_L = _B + ["lattice", "displacement"]
+_P = _L + ["lorentzian", "asymmetry"]
 STRATEGIES = {
     "scale": [_B],
     "lattice": [_B, _L],
     "profile": [_B, _L, _P],
-    # a GSAS-II user's sequence: the instrumental Gaussian (U, V, W) stays as calibrated
+    # a GSAS-II user's sequence for a Bragg–Brentano pattern: sample displacement (not the
+    # instrument zero) with the lattice; the instrumental Gaussian (U, V, W) stays as calibrated
     "default": [_B, _L, _P, _P + ["coords", "biso"]],
-    # the same, then the Gaussian terms too (the data must determine them)
-    "full": [_B, _L, _P, _P + ["coords", "biso"], _P + ["coords", "biso", "gaussian"]],
+    # the same, then the zero shift and the Gaussian terms too (the data must determine them)
+    "full": [_B, _L, _P, _P + ["coords", "biso"], _P + ["coords", "biso", "zero", "gaussian"]],
     # instrument calibration on a standard of known cell (e.g. LaB6 SRM 660): the lattice stays fixed
     "calibration": [_B, _B + ["zero", "displacement"], _B + ["zero", "displacement", "profile"],
-                    _B + ["zero", "displacement", "profile", "asymmetry", "biso"]],
+                    _B + ["zero", "displacement", "profile", "asymmetry", "coords", "biso"]],
 }
 
 GROUPS = ("scale", "background", "lattice", "zero", "displacement", "transparency", "gaussian", "lorentzian",
-          "profile", "asymmetry", "size_strain", "po", "coords", "biso", "occupancy")
+          "profile", "asymmetry", "fcj", "size_strain", "po", "coords", "biso", "occupancy")
 _ALIASES = {"profile": ("gaussian", "lorentzian")}
 #: groups the pattern is linear in (a stage of only these is solved exactly, without cycles)
 LINEAR_GROUPS = ("scale", "background")
@@ -83,7 +85,7 @@ _INSTRUMENT_PARAMS = {  # field: (group, lower, upper)
     "transparency": ("transparency", -1.0, 1.0),
     "u": ("gaussian", 0.0, np.inf), "v": ("gaussian", -np.inf, np.inf), "w": ("gaussian", 0.0, np.inf),
     "x": ("lorentzian", 0.0, np.inf), "y": ("lorentzian", 0.0, np.inf),
-    "asym_sl": ("asymmetry", 1e-4, 0.2), "asym_hl": ("asymmetry", 1e-4, 0.2),
+    "asym_sl": ("fcj", 1e-4, 0.2), "asym_hl": ("fcj", 1e-4, 0.2),
     "inv_size": ("size_strain", 0.0, np.inf), "strain": ("size_strain", 0.0, np.inf),
     "po_ratio": ("po", 0.2, 5.0),
 }
@@ -103,11 +105,39 @@ class RefinementError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Parameter:
+    """A refinable scalar: ``flat[index] = coef * value`` (and ``flat[i] = c * value`` for each
+    ``(i, c)`` in ``ties``: one value driving several model entries, e.g. GSAS-II's SH/L)."""
+
     name: str
     group: str
     index: int  # position in the flat model vector
     lower: float
     upper: float
+    coef: float = 1.0
+    ties: tuple = ()
+
+
+def _scatter_plan(params: Sequence[Parameter]):
+    """(flat indices, source entry of z, coefficient) for writing z into the flat model."""
+    idx, src, coef = [], [], []
+    for k, p in enumerate(params):
+        for i, c in ((p.index, p.coef),) + tuple(p.ties):
+            idx.append(i)
+            src.append(k)
+            coef.append(c)
+    if len(set(idx)) != len(idx):
+        dup = sorted({p.name for p in params for i in (p.index, *[t[0] for t in p.ties]) if idx.count(i) > 1})
+        raise RefinementError(f"parameters {', '.join(dup)} set the same model entry; refine one of them")
+    return (jnp.asarray(idx, jnp.int32), jnp.asarray(src, jnp.int32), jnp.asarray(coef, jnp.float64))
+
+
+def _scatter(flat, z, plan):
+    idx, src, coef = plan
+    return flat.at[idx].set(jnp.asarray(z)[src] * coef)
+
+
+def _gather(flat, params: Sequence[Parameter]):
+    return jnp.asarray([flat[p.index] / p.coef for p in params]) if params else jnp.zeros(0)
 
 
 @dataclasses.dataclass
@@ -246,6 +276,9 @@ class Problem:
         for field, (group, lo, hi) in _INSTRUMENT_PARAMS.items():
             off, _, _ = offsets[f"['instrument'].{field}"]
             out.append(Parameter(field, group, off, lo, hi))
+        i_sl = offsets["['instrument'].asym_sl"][0]
+        i_hl = offsets["['instrument'].asym_hl"][0]
+        out.append(Parameter("shl", "asymmetry", i_sl, 2e-4, 0.4, coef=0.5, ties=((i_hl, 0.5),)))
         off, size, _ = offsets["['instrument'].background"]
         out += [Parameter(f"bkg{k}", "background", off + k, -np.inf, np.inf) for k in range(size)]
         off, _, _ = offsets["['scales']"]
@@ -320,27 +353,26 @@ class Problem:
             raise RefinementError(f"unknown parameter(s) {', '.join(unknown)}")
         with jax.enable_x64(True):
             flat = ravel_pytree(model)[0]
-            idx = jnp.asarray([by_name[n].index for n in values], jnp.int32)
-            return self.unravel(flat.at[idx].set(jnp.asarray(list(values.values()), jnp.float64)))
+            plan = _scatter_plan([by_name[n] for n in values])
+            return self.unravel(_scatter(flat, jnp.asarray(list(values.values()), jnp.float64), plan))
 
     def values(self, model, names: Sequence[str] | None = None) -> dict:
         """The named parameters' values in ``model`` (all parameters by default)."""
         by_name = {p.name: p for p in self.parameters}
         flat = np.asarray(ravel_pytree(model)[0])
-        return {n: float(flat[by_name[n].index]) for n in (names or by_name)}
+        return {n: float(flat[by_name[n].index] / by_name[n].coef) for n in (names or by_name)}
 
     def model_of(self, z, params: Sequence[Parameter], base=None):
         flat = self.flat0 if base is None else ravel_pytree(base)[0]
-        idx = jnp.asarray([p.index for p in params], jnp.int32)
-        return self.unravel(flat.at[idx].set(z))
+        return self.unravel(_scatter(flat, z, _scatter_plan(params)))
 
     def residual_fn(self, params: Sequence[Parameter], base_flat) -> Callable:
-        idx = jnp.asarray([p.index for p in params], jnp.int32)
+        plan = _scatter_plan(params)
         yo = jnp.asarray(self.y_obs)
         sw = jnp.asarray(np.sqrt(self.weights))
 
         def residual(z, y_obs=yo, base=base_flat):
-            y, overflow = self.calc(self.unravel(base.at[idx].set(z)))
+            y, overflow = self.calc(self.unravel(_scatter(base, z, plan)))
             return (y - y_obs) * sw, {"overflow": overflow, "y": y}
         return residual
 
@@ -370,7 +402,7 @@ class Problem:
             model = model if model is not None else self.model0
             union = self.select([g for st in stages for g in st])
             union_names = [p.name for p in union]
-            z = jnp.asarray(ravel_pytree(model)[0][jnp.asarray([p.index for p in union])])
+            z = _gather(ravel_pytree(model)[0], union)
             lo = jnp.asarray([p.lower for p in union])
             hi = jnp.asarray([p.upper for p in union])
             z = jnp.clip(z, lo, hi)
@@ -381,7 +413,7 @@ class Problem:
             for k, stage in enumerate(stages):
                 names = {p.name for p in self.select(stage)}
                 active = jnp.asarray([1.0 if n in names else 0.0 for n in union_names])
-                if "asymmetry" in {p.group for p in self.select(stage)} and self.config.asymmetry != "fcj":
+                if {"asymmetry", "fcj"} & {p.group for p in self.select(stage)} and self.config.asymmetry != "fcj":
                     z = self._enable_asymmetry(union, z)
                     model = self.model_of(z, union, model)
                 init_fn, cycle_fn = self._cycle(union, model)
@@ -431,25 +463,31 @@ class Problem:
         self.config = dataclasses.replace(self.config, asymmetry="fcj")
         self._compiled = {}
         for k, p in enumerate(union):
-            if p.group == "asymmetry":
-                z = z.at[k].set(jnp.maximum(z[k], 0.005))
+            if p.group in ("asymmetry", "fcj"):
+                z = z.at[k].set(jnp.maximum(z[k], 0.01 if p.group == "asymmetry" else 0.005))
         return z
 
     def _result(self, model, union, active, history, seconds, state):
-        z = ravel_pytree(model)[0][jnp.asarray([p.index for p in union])]
+        z = _gather(ravel_pytree(model)[0], union)
         a = state.normal
         y = np.asarray(state.aux["y"])
         n_act = int(np.asarray(active).sum())
         mask = self.weights > 0
         stats = agreement(self.y_obs[mask], y[mask], self.sigma[mask], n_act)
-        cov, esd, corr, singular = lm.covariance(a, stats["chi2"], self.n_obs, active)
-        act = np.asarray(active) > 0
         values = np.asarray(z)
+        lo = np.asarray([p.lower for p in union])
+        hi = np.asarray([p.upper for p in union])
+        tiny = 1e-9 * np.maximum(1.0, np.abs(values))
+        at_bound = (np.asarray(active) > 0) & ((values <= lo + tiny) | (values >= hi - tiny))
+        # a parameter held at a bound is not estimated: no esd, and it does not inflate the others
+        cov, esd, corr, singular = lm.covariance(a, stats["chi2"], self.n_obs, np.asarray(active) * ~at_bound)
+        act = np.asarray(active) > 0
         return Result(problem=self, model=model, y_calc=y,
                       stats=stats, names=[p.name for p, on in zip(union, act) if on],
                       values=values[act], esd=esd[act], correlation=corr[np.ix_(act, act)],
                       singular=[union[i].name for i in singular], history=history, seconds=seconds,
-                      covariance=cov[np.ix_(act, act)], groups=[p.group for p, on in zip(union, act) if on])
+                      covariance=cov[np.ix_(act, act)], groups=[p.group for p, on in zip(union, act) if on],
+                      at_bounds=[p.name for p, b in zip(union, at_bound) if b])
 
 
 def _stages(strategy) -> list[list[str]]:
@@ -480,10 +518,13 @@ def _reporter(progress):
 def _site_labels(info):
     from pymatgen.core import Element
 
+    import re
+
     labels, masses, count = [], [], {}
     for site in info.sites:
-        count[site.element] = count.get(site.element, 0) + 1
-        labels.append(f"{site.element}{count[site.element]}")
+        el = re.sub(r"[0-9.+-]+$", "", site.element)  # "Mn3+" -> "Mn"
+        count[el] = count.get(el, 0) + 1
+        labels.append(f"{el}{count[el]}")
         try:
             masses.append(float(Element(site.element).atomic_mass))
         except ValueError:  # an ion name like "O2-"
@@ -509,6 +550,7 @@ class Result:
     history: list
     seconds: float
     groups: list
+    at_bounds: list = dataclasses.field(default_factory=list)  # refined parameters stopped at a bound (esd 0)
 
     def phase_patterns(self) -> list:
         """Each phase's contribution (no background) on the fit grid."""
