@@ -199,3 +199,27 @@ def test_merged_reflections_give_the_same_pattern(x64):
     y_all = np.asarray(xj.simulate(c, inst, tt, refl))
     y_merged = np.asarray(xj.simulate(c, inst, tt, merged))
     np.testing.assert_allclose(y_merged, y_all, rtol=1e-9, atol=1e-9 * y_all.max())
+
+
+@pytest.mark.skipif(not shared_path("patterns", "lab6_srm660", "NIST660CBI.gsas").exists(), reason="shared data")
+def test_cli_calibrate_lab6_writes_instprm_that_refine_reads(tmp_path):
+    """LaB6 SRM 660a, lattice fixed: the fitted profile terms are written as .instprm, read back
+    identically, and used by a refinement of the same pattern."""
+    from xtaljax.cli import main
+    from xtaljax.io import read_instrument
+
+    data = shared_path("patterns", "lab6_srm660", "NIST660CBI.gsas")
+    out = tmp_path / "cal"
+    assert main(["calibrate", str(data), "--wavelength", "CuKa", "--out", str(out), "--no-cache"]) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["rwp"] < 7.0 and r["gof"] < 2.5
+    assert r["phases"][0]["lattice"]["a"] == pytest.approx(4.1569162, abs=1e-9)  # fixed
+    inst = read_instrument(out / "instrument.instprm")
+    p = r["parameters"]
+    assert float(inst.w) == pytest.approx(p["w"]["value"], rel=1e-6)
+    assert float(inst.x) == pytest.approx(p["x"]["value"], rel=1e-6)
+    assert float(inst.asym_sl + inst.asym_hl) == pytest.approx(p["shl"]["value"], rel=1e-6)
+    assert main(["refine", str(data), "--phase", "xtaljax/data/lab6.cif", "--instrument", str(out / "instrument.instprm"),
+                 "--strategy", "lattice", "--out", str(tmp_path / "ref"), "--no-cache"]) == 0
+    r2 = json.loads((tmp_path / "ref" / "result.json").read_text())
+    assert r2["phases"][0]["lattice"]["a"] == pytest.approx(4.15692, abs=2e-4)

@@ -255,6 +255,57 @@ def cmd_refine(args) -> int:
     return 0
 
 
+STANDARDS = {"lab6": ("lab6.cif", "LaB6 NIST SRM 660a, a = 4.1569162 Å")}
+
+
+def cmd_calibrate(args) -> int:
+    """Fit the instrument terms on a standard of known cell (lattice fixed) and write a GSAS-II
+    ``.instprm`` that later refinements read with ``--instrument``."""
+    from importlib import resources
+
+    from xtaljax._cache import enable_compilation_cache
+    from xtaljax.io import read_pattern
+    from xtaljax.io.instruments import write_instprm
+    from xtaljax.refine.report import write_outputs
+    from xtaljax.refine.rietveld import Problem
+
+    if not args.no_cache:
+        enable_compilation_cache()
+    pat, n_trim = _trim_zero_ends(read_pattern(args.pattern, fmt=args.format))
+    if args.range:
+        pat = pat.restrict(*args.range)
+    inst = refine_instrument(args, pat)
+    if args.standard in STANDARDS:
+        fname, label = STANDARDS[args.standard]
+        ctx = resources.as_file(resources.files("xtaljax.data") / fname)
+    else:
+        import contextlib
+        ctx, label = contextlib.nullcontext(Path(args.standard)), str(args.standard)
+    with ctx as cif:
+        prob = Problem(pat.two_theta, pat.intensity, pat.sigma, [("standard", str(cif))], inst,
+                       n_background=args.background)
+    if args.lattice:
+        pm = prob.phases[0]
+        if pm.template.n_lattice != 1:
+            raise CliError("--lattice needs a cubic standard")
+        prob.model0 = prob.with_values(prob.model0, {"standard:a": float(args.lattice)})
+    print(f"calibrating on {Path(args.pattern).name} with {label} (lattice fixed): {len(pat)} points, "
+          f"2θ {pat.two_theta[0]:g}-{pat.two_theta[-1]:g}°", file=sys.stderr)
+    result = prob.refine("calibration", model=prob.model0, max_cycles=args.max_cycles)
+    files = write_outputs(result, args.out, source=str(args.pattern), strategy="calibration")
+    inst_out = Path(args.out) / "instrument.instprm"
+    refined = result.model["instrument"]
+    _atomic_write(inst_out, lambda p: write_instprm(refined, p))
+    st = result.stats
+    g = lambda n: float(np.asarray(getattr(refined, n)))  # noqa: E731
+    print(f"wR = {st['rwp']:.3f} % (GSAS-II), Rp = {st['rp']:.3f} %, GOF = {st['gof']:.3f}")
+    print(f"  U V W = {g('u'):.4g} {g('v'):.4g} {g('w'):.4g} deg^2, X Y = {g('x'):.4g} {g('y'):.4g} deg, "
+          f"SH/L = {g('asym_sl') + g('asym_hl'):.4g}, zero = {g('zero'):.4f} deg, displacement = {g('displacement'):.4f} mm")
+    for f in [*files, inst_out]:
+        print(f"  wrote {f}")
+    return 0
+
+
 def cmd_symmetry(args) -> int:
     from xtaljax.io import load_structure
     from xtaljax.io.spacegroups import symmetrize
@@ -309,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
     rp.add_argument("--out", required=True, help="output folder")
     rp.set_defaults(func=cmd_refine)
+    cp = sub.add_parser("calibrate", help="fit instrument profile terms on a standard (LaB6) and write .instprm")
+    cp.add_argument("pattern")
+    cp.add_argument("--standard", default="lab6", help="'lab6' (shipped SRM 660a model) or a CIF of the standard")
+    cp.add_argument("--lattice", type=float, help="certified cubic lattice parameter (Å), overrides the CIF's")
+    cp.add_argument("--instrument", help="starting GSAS .prm or GSAS-II .instprm")
+    cp.add_argument("--wavelength", help="CuKa (Kα1+Kα2), CuKa1, MoKa, ... or Å")
+    cp.add_argument("--range", nargs=2, type=float, metavar=("START", "STOP"))
+    cp.add_argument("--background", type=int, default=8)
+    cp.add_argument("--max-cycles", type=int, default=30)
+    cp.add_argument("--format")
+    cp.add_argument("--no-cache", action="store_true")
+    cp.add_argument("--out", required=True)
+    cp.set_defaults(func=cmd_calibrate)
     dp = sub.add_parser("demo", help="the shipped fluoroapatite example")
     dp.add_argument("--out", default="out/demo", help="output folder")
     dp.add_argument("--background-terms", type=int, default=6)
