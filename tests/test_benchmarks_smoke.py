@@ -61,3 +61,19 @@ def test_simulate_benchmark_tiny(tmp_path):
         assert _positive(r["peers"][peer]["per_s"]), peer
     assert "braggcalculator" in r["peers"]
     assert _positive(r["targets"]["patterns_per_s"])
+
+
+def test_refine_batch_benchmark_tiny(tmp_path):
+    """``benchmarks/refine_batch.py --size tiny``: 4 simulated FAP patterns refined in one
+    vmapped call recover a and c; the JSON has its fields."""
+    out = tmp_path / "rb.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "refine_batch.py"), "--size", "tiny",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    res = r["results"]
+    assert r["workload"]["n_patterns"] == 4
+    for k in ("batch_seconds_steady", "batch_patterns_per_s", "sequential_seconds_per_pattern_steady"):
+        assert _positive(res[k]), k
+    assert res["recovered_fraction_a_c_within_1e-3_A"] == 1.0
+    assert res["gof_max"] < 1.3

@@ -137,3 +137,16 @@ def test_simulate_of_expand_under_jit_equals_simulate_of_expanded_crystal():
     refl = xj.reflections_for(c, inst, tt, cfg)
     y2 = jax.jit(lambda q: xj.simulate(t.expand(q), inst, jnp.asarray(tt, jnp.float32), refl, cfg))(p)
     np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), rtol=1e-5, atol=1e-5 * float(jnp.max(y1)))
+
+
+def test_rhombohedral_family_table():
+    """R groups on rhombohedral axes: a = b = c and α = β = γ are the two free parameters; the
+    least-squares projection of a distorted cell averages them. (``symmetrize`` itself returns
+    spglib's standard setting, hexagonal axes, for R groups.)"""
+    from xtaljax.core.symmetry import lattice_family_tables
+
+    m, k, n = lattice_family_tables("trigonal", rhombohedral=True)
+    assert n == 2
+    six = np.array([5.01, 5.03, 4.99, 55.2, 55.0, 54.9])
+    p = np.linalg.lstsq(m[:, :n], six - k, rcond=None)[0]
+    np.testing.assert_allclose(m[:, :n] @ p + k, [5.01, 5.01, 5.01, 55.033333, 55.033333, 55.033333], atol=1e-6)

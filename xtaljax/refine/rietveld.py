@@ -371,10 +371,52 @@ class Problem:
         yo = jnp.asarray(self.y_obs)
         sw = jnp.asarray(np.sqrt(self.weights))
 
-        def residual(z, y_obs=yo, base=base_flat):
+        def residual(z, y_obs=yo, base=base_flat, sqrt_w=sw):
             y, overflow = self.calc(self.unravel(_scatter(base, z, plan)))
-            return (y - y_obs) * sw, {"overflow": overflow, "y": y}
+            return (y - y_obs) * sqrt_w, {"overflow": overflow, "y": y}
         return residual
+
+    def refine_batch(self, y_obs, sigma=None, strategy="lattice", *, model=None, max_cycles: int = 20,
+                     tol: float = 1e-3):
+        """Refine many patterns on this problem's grid at once (``vmap`` of the same LM cycles):
+        ``y_obs`` ``(B, N)`` (``sigma`` ``(B, N)``, default √max(y, 1)), all from the same
+        starting ``model``. Returns ``(values (B, P), names, chi2 (B,), cycles (B,))`` for the
+        parameters of the last stage. One compilation for all stages and patterns."""
+        stages = _stages(strategy)
+        with jax.enable_x64(True):
+            yo = jnp.asarray(y_obs, jnp.float64)
+            if yo.ndim != 2 or yo.shape[1] != self.two_theta.size:
+                raise RefinementError(f"y_obs must be (batch, {self.two_theta.size}), got {tuple(yo.shape)}")
+            sig = jnp.sqrt(jnp.maximum(yo, 1.0)) if sigma is None else jnp.asarray(sigma, jnp.float64)
+            sw = jnp.where(sig > 0, 1.0 / jnp.where(sig > 0, sig, 1.0), 0.0)
+            model = model if model is not None else self.model0
+            union = self.select([g for st in stages for g in st])
+            base = ravel_pytree(model)[0]
+            residual = self.residual_fn(union, base)
+            lo = jnp.asarray([p.lower for p in union])
+            hi = jnp.asarray([p.upper for p in union])
+            z0 = jnp.clip(_gather(base, union), lo, hi)
+
+            key = ("batch", tuple(p.name for p in union), max_cycles, tol)
+            if key not in self._compiled:
+                @jax.jit
+                def run(z, active, yo, sw, base):
+                    def one(z1, y1, s1):
+                        return lm.lm_run(lambda q: residual(q, y_obs=y1, sqrt_w=s1, base=base), z1, active, lo, hi,
+                                         max_cycles=max_cycles, tol=tol)
+                    st = jax.vmap(one)(z, yo, sw)
+                    return st.z, st.chi2, st.cycle
+                self._compiled[key] = run
+            run = self._compiled[key]
+
+            z = jnp.broadcast_to(z0, (yo.shape[0], z0.shape[0]))
+            cycles = jnp.zeros(yo.shape[0], jnp.int32)
+            for stage in stages:
+                names = {p.name for p in self.select(stage)}
+                active = jnp.asarray([1.0 if p.name in names else 0.0 for p in union])
+                z, chi2, c = run(z, active, yo, sw, base)
+                cycles = cycles + c
+            return np.asarray(z), [p.name for p in union], np.asarray(chi2), np.asarray(cycles)
 
     # -- public entry points -----------------------------------------------------------------
     def initial_linear_fit(self, model):
