@@ -64,9 +64,11 @@ STRATEGIES = {
     "scale": [_B],
     "lattice": [_B, _L],
     "profile": [_B, _L, _P],
-    # a GSAS-II user's sequence for a Bragg–Brentano pattern: sample displacement (not the
-    # instrument zero) with the lattice; the instrumental Gaussian (U, V, W) stays as calibrated
-    "default": [_B, _L, _P, _P + ["coords", "biso"]],
+    # for a Bragg–Brentano pattern: sample displacement (not the instrument zero) with the lattice
+    # and the sample broadening; the instrumental Gaussian (U, V, W) stays as calibrated
+    "default": [_B, _P, _P + ["coords", "biso"]],
+    # the same one group at a time (slower; for a poor starting model)
+    "stepwise": [_B, _L, _P, _P + ["coords", "biso"]],
     # the same, then the zero shift and the Gaussian terms too (the data must determine them)
     "full": [_B, _L, _P, _P + ["coords", "biso"], _P + ["coords", "biso", "zero", "gaussian"]],
     # instrument calibration on a standard of known cell (e.g. LaB6 SRM 660): the lattice stays fixed
@@ -640,7 +642,9 @@ class Result:
 
         pm = self.problem.phases[i]
         with jax.enable_x64(True):
-            t = _peak_table(self.crystal(i), self.model["instrument"], pm.reflections, self.problem.config.form_factors)
+            fn = jax.jit(lambda c, ins, r: {k: v for k, v in _peak_table(c, ins, r, self.problem.config.form_factors).items()
+                                            if k in ("pos", "valid")})
+            t = fn(self.crystal(i), self.model["instrument"], pm.reflections)
             n = pm.reflections.capacity
             pos = np.asarray(t["pos"])[:n][np.asarray(t["valid"])[:n]]
         tt = self.problem.two_theta
