@@ -100,7 +100,8 @@ def test_singular_normal_matrix_is_reported_and_harmless(x64):
 
     si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
     tt = np.arange(20.0, 90.0, 0.02)
-    data, m0, truth = _synthetic(si, {}, {}, tt)
+    data, m0, truth = _synthetic(si, {"X:Si1.occ": 0.8}, {}, tt)
+    m0 = data.with_values(m0, {"X:Si1.occ": 0.8})  # inside its bounds (at a bound it would get no esd)
     res = data.refine([["scale", "background"], ["scale", "background", "occupancy"]], model=m0, progress=False)
     assert set(res.singular) >= {"X:scale", "X:Si1.occ"}
     assert np.all(np.isfinite(res.values)) and np.all(np.isfinite(res.esd))

@@ -55,7 +55,7 @@ def test_gradients_through_expand_and_simulate(x64):
     inst = xj.Instrument.cu_kalpha()
     tt = np.arange(20.0, 40.0, 0.05)
     c0 = t.expand(p)
-    cfg = xj.resolve_config(xj.SimConfig(render="dense"), inst, tt)
+    cfg = xj.resolve_config(xj.SimConfig(render="dense", autodiff="forward"), inst, tt)
     refl = xj.reflections_for(c0, inst, tt, cfg)
     w = jnp.asarray(np.random.default_rng(3).normal(size=tt.size))
     p = dataclasses.replace(p, b_iso=p.b_iso + 0.3)
