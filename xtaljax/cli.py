@@ -306,6 +306,55 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_decompose(args) -> int:
+    """WPEM decomposition of one pattern or a series (warm-started in the given order)."""
+    from xtaljax.em import DecompositionError, decompose
+    from xtaljax.em.report import decomposition_dict, write_decomposition, write_series
+    from xtaljax.io import read_pattern
+
+    phases = []
+    for spec in args.phase:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        phases.append((name or Path(path).stem, path))
+    out = Path(args.out)
+    results, init, inst, grid = [], None, None, None
+    for k, f in enumerate(args.patterns):
+        try:
+            pat, _ = _trim_zero_ends(read_pattern(f, fmt=args.format))
+            if args.range:
+                pat = pat.restrict(*args.range)
+            if inst is None:
+                inst = refine_instrument(args, pat)
+            if grid is not None and (grid.shape != pat.two_theta.shape or not np.allclose(grid, pat.two_theta)):
+                raise DecompositionError(f"{Path(f).name}: its 2θ grid differs from the first pattern's "
+                                         "(a series needs one grid; use --range to cut them alike)")
+            print(f"decomposing {Path(f).name} ({k + 1}/{len(args.patterns)}): {len(pat)} points", file=sys.stderr)
+            d = decompose(pat.two_theta, pat.intensity, phases, inst, n_background=args.background,
+                          max_iter=args.max_iter, widths=args.widths, refine_zero=not args.fix_zero, init=init,
+                          sigma=pat.sigma)
+            grid = pat.two_theta
+            init = (d.problem, d.state)
+            target = out if len(args.patterns) == 1 else out / f"{k:03d}_{Path(f).stem}"
+            files = write_decomposition(d, inst, target, source=str(f))
+            r = decomposition_dict(d, inst, str(f))
+            results.append((str(f), r, None))
+            lat = ", ".join(f"{p['name']} a={p['lattice']['a']:.5f}({p['lattice_esd']['a']:.1e})" for p in r["phases"])
+            print(f"  Rwp {r['rwp_wpem']:.3f} % (PyWPEM weights), Rp {r['rp']:.3f} %, {r['n_iterations']} iterations, {lat}")
+            for p in files:
+                print(f"  wrote {p}")
+        except (DecompositionError, ValueError) as exc:
+            if len(args.patterns) == 1:
+                raise
+            print(f"  {Path(f).name}: {str(exc).splitlines()[0]} (skipped; the others are kept)", file=sys.stderr)
+            results.append((str(f), None, str(exc).splitlines()[0]))
+    if len(args.patterns) > 1:
+        for p in write_series(results, out):
+            print(f"  wrote {p}")
+        if all(r is None for _, r, _ in results):
+            raise CliError("no pattern of the series could be decomposed")
+    return 0
+
+
 def cmd_symmetry(args) -> int:
     from xtaljax.io import load_structure
     from xtaljax.io.spacegroups import symmetrize
@@ -360,6 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
     rp.add_argument("--out", required=True, help="output folder")
     rp.set_defaults(func=cmd_refine)
+    ep = sub.add_parser("decompose", help="whole-pattern EM decomposition (WPEM) of one pattern or a series")
+    ep.add_argument("patterns", nargs="+", help="one pattern, or a series in order (same 2θ grid)")
+    ep.add_argument("--phase", action="append", required=True, metavar="[NAME=]CIF")
+    ep.add_argument("--instrument", help="GSAS .prm or GSAS-II .instprm (starting widths, lines)")
+    ep.add_argument("--wavelength", help="CuKa (Kα1+Kα2), CuKa1, MoKa, ... or Å")
+    ep.add_argument("--range", nargs=2, type=float, metavar=("START", "STOP"))
+    ep.add_argument("--background", type=int, default=12, help="Chebyshev background terms")
+    ep.add_argument("--widths", default="caglioti", choices=("caglioti", "free"))
+    ep.add_argument("--fix-zero", action="store_true", help="keep the zero shift fixed")
+    ep.add_argument("--max-iter", type=int, default=300)
+    ep.add_argument("--format")
+    ep.add_argument("--out", required=True)
+    ep.set_defaults(func=cmd_decompose)
     cp = sub.add_parser("calibrate", help="fit instrument profile terms on a standard (LaB6) and write .instprm")
     cp.add_argument("pattern")
     cp.add_argument("--standard", default="lab6", help="'lab6' (shipped SRM 660a model) or a CIF of the standard")

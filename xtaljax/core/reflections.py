@@ -131,6 +131,8 @@ def merge_equivalents(refl: Reflections, rotations) -> Reflections:
     hkl = np.rint(np.asarray(refl.hkl, np.float64)).astype(np.int64)
     w = np.asarray(refl.mask, np.float64)
     rows = np.flatnonzero(w > 0)
+    if rows.size == 0:
+        return refl
     rots = np.asarray(rotations, np.int64).reshape(-1, 3, 3)
     if rots.size == 0:
         raise ValueError("merge_equivalents needs at least one rotation")

@@ -1,0 +1,94 @@
+"""WPEM decomposition: known-truth two-phase mixture with overlapping peaks, bad input, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import shared_path
+
+import jax
+import jax.numpy as jnp
+import xtaljax as xj
+from xtaljax.em import DecompositionError, build_problem, decompose
+from xtaljax.em.wpem import _cheb_basis, calculated_intensities, model_counts
+
+
+def _mixture():
+    from pymatgen.core import Lattice, Structure
+
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.4310), ["Si"], [[0, 0, 0]])
+    gap = Structure.from_spacegroup("F-43m", Lattice.cubic(5.4505), ["Ga", "P"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    return [("Si", si), ("GaP", gap)]
+
+
+def test_two_phase_overlapping_known_truth(x64):
+    """Si + GaP (a differs by 0.36 %: peaks overlap by more than half a FWHM at high angle),
+    simulated with known weight fractions 0.35/0.65 through the EM model with Poisson noise:
+    strong intensities within 2 %, fractions within 1 wt %, lattices within 1e-4 relative."""
+    tt = np.arange(20.0, 100.0, 0.01)
+    inst = xj.Instrument.cu_kalpha(u=1e-4, v=-1e-4, w=6e-4, x=0.02, y=0.01)
+    prob, st0 = build_problem(tt, _mixture(), inst, n_background=4)
+    lat_true = st0.lattice * jnp.asarray([[1.0002], [0.9998]])
+    calc, _, zmv = calculated_intensities(prob, inst, np.asarray(lat_true))
+    w_true = np.array([0.35, 0.65])
+    s = w_true / zmv
+    i_true = calc * s[prob.comp_phase]
+    i_true *= 3e3 / np.max(i_true) / 0.05  # strongest peak ~ 3e4 counts at the top
+    x = jnp.asarray(tt)
+    basis = _cheb_basis(x, 4)
+    true = st0._replace(lattice=lat_true, intensity=jnp.asarray(i_true), eta=jnp.full(prob.n_reflections, 0.4),
+                        background=jnp.asarray([200.0, -30.0, 10.0, 0.0]), zero=jnp.asarray(0.01))
+    mu = np.asarray(model_counts(prob, true, x, jnp.asarray(np.gradient(tt)), basis)[0])
+    y = np.random.default_rng(0).poisson(mu).astype(float)
+    d = decompose(tt, y, _mixture(), inst, n_background=4, widths="free", progress=False, max_iter=400)
+    assert d.stats["gof"] < 1.2
+    # reflections with exactly the same d (cubic (511)/(333)) cannot be told apart by any method:
+    # compare the sums over such coincident groups
+    c1 = np.round(np.asarray(xj.em.wpem.positions(prob, lat_true, 0.01))[0], 5)
+    keys = sorted({(int(p), float(c)) for p, c in zip(prob.comp_phase, c1)})
+    got = np.asarray(d.state.intensity)
+    grp_true = np.array([i_true[(prob.comp_phase == p) & (c1 == c)].sum() for p, c in keys])
+    grp_got = np.array([got[(prob.comp_phase == p) & (c1 == c)].sum() for p, c in keys])
+    strong = grp_true > 0.05 * grp_true.max()
+    rel = np.abs(grp_got[strong] / grp_true[strong] - 1)
+    assert np.median(rel) < 0.02 and np.max(rel) < 0.06, rel
+    for i in range(2):
+        a = d.lattice(i)[0][0]
+        assert abs(a / float(lat_true[i, 0]) - 1) < 1e-4
+    fr = d.weight_fractions(inst)["hill_howard"]
+    np.testing.assert_allclose(fr, w_true, atol=0.01)
+
+
+def test_bad_input(x64):
+    tt = np.arange(20.0, 60.0, 0.02)
+    inst = xj.Instrument.cu_kalpha()
+    y = np.full_like(tt, 100.0)
+    with pytest.raises(DecompositionError, match="NaN"):
+        decompose(tt, np.where(tt > 30, np.nan, y), _mixture(), inst, progress=False)
+    with pytest.raises(DecompositionError, match="negative"):
+        decompose(tt, y - 200, _mixture(), inst, progress=False)
+    with pytest.raises(DecompositionError, match="no reflection"):
+        decompose(np.arange(5.0, 12.0, 0.02), np.full(350, 100.0), _mixture(), inst, progress=False)
+
+
+@pytest.mark.skipif(not shared_path("patterns", "mn2o3_lab_xray", "intensity.csv").exists(), reason="shared data")
+def test_cli_decompose_mn2o3_and_series(tmp_path):
+    """Mn2O3 (PyWPEM's tutorial data) from the shipped CIF; a two-pattern series with one bad
+    file keeps the good one and writes series.csv."""
+    from xtaljax.cli import main
+
+    d = shared_path("patterns", "mn2o3_lab_xray")
+    out = tmp_path / "mn"
+    assert main(["decompose", str(d / "intensity.csv"), "--phase", f"Mn2O3={d / 'Mn2O3.cif'}", "--wavelength", "CuKa",
+                 "--out", str(out)]) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["rwp_wpem"] < 3.7  # the data's own noise floor is ~3.05 % in this definition (see README)
+    assert abs(r["phases"][0]["lattice"]["a"] - 9.4086) < 0.006
+    assert (out / "reflections.csv").read_text().count("\n") > 50 and (out / "fit.png").stat().st_size > 0
+    bad = tmp_path / "bad.xy"
+    bad.write_text("# 2theta y\n10 nan\n11 1\n")
+    series = tmp_path / "series"
+    assert main(["decompose", str(d / "intensity.csv"), str(bad), "--phase", f"{d / 'Mn2O3.cif'}",
+                 "--wavelength", "CuKa", "--range", "20", "60", "--max-iter", "60", "--out", str(series)]) == 0
+    text = (series / "series.csv").read_text()
+    assert "ok" in text and "error" in text

@@ -1,0 +1,93 @@
+"""Writing decompositions: result.json, reflections.csv, fit.png; series.csv and series.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..refine.report import _atomic
+
+
+def decomposition_dict(d, instrument, source: str = "") -> dict:
+    fr = d.weight_fractions(instrument)
+    phases = []
+    for i, ph in enumerate(d.problem.phases):
+        six, esd = d.lattice(i)
+        keys = ("a", "b", "c", "alpha", "beta", "gamma")
+        phases.append({"name": ph.name, "space_group": f"{ph.info.symbol} (No. {ph.info.space_group})",
+                       "lattice": dict(zip(keys, map(float, six))), "lattice_esd": dict(zip(keys, map(float, esd))),
+                       "weight_fraction": fr["hill_howard"][i], "weight_fraction_lp_quick": fr["lp_quick"][i],
+                       "n_reflections": int(np.sum(d.problem.comp_phase == i))})
+    st = d.stats
+    return {"pattern": source, "rwp": st["rwp"], "rwp_wpem": st["rwp_wpem"], "rp": st["rp"],
+            "definitions": {**st["definitions"],
+                            "weight_fraction": "Hill-Howard from the extracted intensities vs m|F|^2 LP of the model",
+                            "weight_fraction_lp_quick": "PyWPEM-style: sum(I/LP) per phase, normalised"},
+            "zero": float(d.state.zero), "phases": phases, "n_iterations": d.n_iterations,
+            "loglik": float(d.state.loglik), "seconds": d.seconds, "widths": d.problem.widths}
+
+
+def write_decomposition(d, instrument, out_dir, source: str = "") -> list[Path]:
+    from ..plotting import plot_fit
+    from .wpem import positions
+
+    out = Path(out_dir)
+    rows = d.reflections()
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    _atomic(out / "reflections.csv", lambda p: Path(p).write_text(buf.getvalue()))
+    c = np.asarray(positions(d.problem, d.state.lattice, d.state.zero))[0]
+    ticks = {ph.name: np.sort(c[d.problem.comp_phase == i]) for i, ph in enumerate(d.problem.phases)}
+    res = decomposition_dict(d, instrument, source)
+    title = f"WPEM: Rwp {res['rwp_wpem']:.2f} % (PyWPEM weights), Rp {res['rp']:.2f} %"
+    _atomic(out / "fit.png", lambda p: plot_fit(d.problem.two_theta, d.y_obs, d.y_calc, p, ticks=ticks, title=title))
+    _atomic(out / "result.json", lambda p: Path(p).write_text(json.dumps(res, indent=1)))
+    return [out / "result.json", out / "reflections.csv", out / "fit.png"]
+
+
+def write_series(results: list, out_dir) -> list[Path]:
+    """``results``: [(file, result dict or None, error or None), ...] in the given order."""
+    from ..plotting import _plt
+
+    out = Path(out_dir)
+    names = sorted({p["name"] for _, r, _ in results if r for p in r["phases"]})
+    header = ["index", "file", "status", "rwp", "rwp_wpem"] + [f"{n}_{k}" for n in names for k in ("a", "b", "c", "weight_fraction")]
+    buf = io.StringIO()
+    wr = csv.writer(buf)
+    wr.writerow(header)
+    for i, (f, r, err) in enumerate(results):
+        if r is None:
+            wr.writerow([i, f, f"error: {err}"] + [""] * (len(header) - 3))
+            continue
+        by = {p["name"]: p for p in r["phases"]}
+        row = [i, f, "ok", r["rwp"], r["rwp_wpem"]]
+        for n in names:
+            p = by.get(n)
+            row += ([p["lattice"]["a"], p["lattice"]["b"], p["lattice"]["c"], p["weight_fraction"]] if p else ["", "", "", ""])
+        wr.writerow(row)
+    _atomic(out / "series.csv", lambda p: Path(p).write_text(buf.getvalue()))
+
+    def plot(path):
+        plt = _plt()
+        fig, axes = plt.subplots(2, 1, figsize=(8, 6), dpi=110, sharex=True)
+        for n in names:
+            idx = [i for i, (_, r, _) in enumerate(results) if r and any(p["name"] == n for p in r["phases"])]
+            a = [next(p for p in results[i][1]["phases"] if p["name"] == n)["lattice"]["a"] for i in idx]
+            wf = [next(p for p in results[i][1]["phases"] if p["name"] == n)["weight_fraction"] for i in idx]
+            axes[0].plot(idx, a, "o-", ms=3, label=n)
+            axes[1].plot(idx, wf, "o-", ms=3, label=n)
+        axes[0].set_ylabel("a (Å)")
+        axes[1].set_ylabel("weight fraction")
+        axes[1].set_xlabel("pattern")
+        axes[0].legend(frameon=False, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    _atomic(out / "series.png", plot)
+    return [out / "series.csv", out / "series.png"]

@@ -1,0 +1,513 @@
+"""Whole-pattern decomposition by Bragg-constrained expectation–maximisation (WPEM).
+
+The measured counts ``y_j`` at ``x_j`` (2θ) are modelled as a Poisson mean
+
+    μ_j = b_j + Δx_j Σ_k I_k Σ_l r_l [η_k C(x_j; c_kl, γ_k) + (1 − η_k) N(x_j; c_kl, σ_k)]
+
+with a Chebyshev background ``b``, one component per reflection ``k`` of every phase with its
+integrated Kα1 intensity ``I_k``, the emission lines ``l`` with fixed ratios ``r_l`` (Kα2 tied to
+Kα1), a Lorentzian (Cauchy, half-width γ_k) and a Gaussian (σ_k) part mixed by η_k, and centres
+tied to Bragg's law through each phase's lattice: ``c_kl = 2 asin(λ_l / 2d_k(lattice)) + zero``.
+
+One EM iteration (:func:`em_step`, pure JAX):
+
+* **E-step**: responsibilities of every sub-component (k, l, part) and of the background for
+  every point, ``ρ = term / μ``.
+* **M-step**: ``I_k = Σ_j y_j ρ_kj / Σ_l r_l`` (the Poisson-mixture update, monotone in the
+  likelihood); ``η_k`` = Lorentzian share of ``I_k``; Gaussian variances from the weighted second
+  moments; Cauchy half-widths by the scale-mixture EM (weights ``u = 2γ²/(γ² + d²)``). With
+  ``widths="caglioti"`` (default) the per-reflection estimates are replaced by their
+  weighted least-squares fit σ² = U tan²θ + V tanθ + W, γ = X/cosθ + Y tanθ (robust under
+  overlap); ``"free"`` keeps one width per reflection.
+* **Bragg step**: the conditional means ``m_c`` of every sub-component with their precisions
+  ``P_c`` define ``Σ_c P_c (m_c − c_c(θ))²``, minimised over the lattice-family parameters of
+  every phase (and the zero shift) by Gauss–Newton with the exact Jacobian (``jax.jacfwd``).
+* **Background**: weighted least squares of ``y − peaks`` on the Chebyshev basis.
+
+Convergence: relative change of the Poisson log-likelihood below ``tol`` or ``max_iter``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..core.lattice import lattice_from_parameters, reciprocal
+from ..core.pattern import SimConfig, chebyshev_background, reflections_for, resolve_config
+from ..core.reflections import merge_equivalents
+
+RAD = 180.0 / np.pi
+_CHEB_CACHE: dict = {}
+
+
+class DecompositionError(ValueError):
+    """Bad input for a decomposition (the message names the cause)."""
+
+
+class EMState(NamedTuple):
+    lattice: jax.Array  # (P, 6) free lattice parameters per phase
+    zero: jax.Array  # () degrees
+    intensity: jax.Array  # (K,) integrated Kα1 intensity (counts × degrees)
+    eta: jax.Array  # (K,)
+    sigma: jax.Array  # (K,) Gaussian σ (degrees)
+    gamma: jax.Array  # (K,) Cauchy half-width (degrees)
+    background: jax.Array  # (nb,) Chebyshev coefficients
+    loglik: jax.Array  # () Poisson log-likelihood (up to a constant)
+    rel_change: jax.Array
+    iteration: jax.Array
+    lat_normal: jax.Array  # (Q, Q) Gauss–Newton normal matrix of the Bragg step (esd's)
+
+
+@dataclasses.dataclass
+class PhaseInfo:
+    name: str
+    template: object
+    params: object
+    info: object
+    hkl: np.ndarray  # (k_p, 3)
+    multiplicity: np.ndarray  # (k_p,) number of (hkl) in the orbit (Friedel mates included)
+
+
+@dataclasses.dataclass
+class EMProblem:
+    """Static data of a decomposition: grid, phases and their reflections, lines."""
+
+    two_theta: np.ndarray
+    phases: list
+    wavelengths: np.ndarray
+    line_weights: np.ndarray
+    comp_phase: np.ndarray  # (K,) phase of each reflection
+    hkl: np.ndarray  # (K, 3)
+    multiplicity: np.ndarray  # (K,)
+    lat_m: np.ndarray  # (P, 6, 6)
+    lat_k: np.ndarray  # (P, 6)
+    lat_free: np.ndarray  # (P, 6)
+    n_background: int
+    widths: str = "caglioti"
+    refine_zero: bool = True
+
+    @property
+    def n_reflections(self) -> int:
+        return int(self.hkl.shape[0])
+
+
+def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
+                  widths: str = "caglioti", refine_zero: bool = True) -> tuple[EMProblem, EMState]:
+    """Host-side set-up: symmetrise the phases, enumerate and merge their reflections in range,
+    initial state from the instrument's profile terms (intensities 1, background 0)."""
+    from ..io.spacegroups import symmetrize
+
+    tt = np.asarray(two_theta, np.float64)
+    if tt.ndim != 1 or tt.size < 10:
+        raise DecompositionError(f"need at least 10 points, got {tt.size}")
+    if widths not in ("caglioti", "free"):
+        raise DecompositionError(f"widths must be 'caglioti' or 'free', got {widths!r}")
+    if not phases:
+        raise DecompositionError("at least one phase is needed")
+    with jax.enable_x64(True):
+        inst = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64)
+                                      if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, instrument)
+        cfg = resolve_config(SimConfig(asymmetry="none"), inst, tt)
+        out, hkls, comp_phase, mult, lat_m, lat_k, lat_free, lat0 = [], [], [], [], [], [], [], []
+        lam = np.asarray(inst.wavelengths, np.float64)
+        for i, (name, struct) in enumerate(phases):
+            try:
+                template, params, info = struct if isinstance(struct, tuple) else symmetrize(
+                    struct, symprec=symprec, return_info=True)
+            except ValueError as err:
+                raise DecompositionError(f"phase {name}: {err}") from None
+            crystal = jax.jit(lambda t, p: t.expand(p))(template, params)
+            refl = merge_equivalents(reflections_for(crystal, inst, tt, cfg, margin=0.02), info.rotations)
+            m = np.asarray(refl.mask) > 0
+            hkl = np.asarray(refl.hkl)[m]
+            w = np.asarray(refl.mask)[m]
+            # keep the reflections whose Kα1 or Kα2 peak falls in the range (with a small margin)
+            g = np.linalg.norm(hkl @ np.linalg.inv(np.asarray(crystal.lattice, np.float64)).T, axis=1)
+            s = np.clip(np.outer(lam, g) / 2, 0, 1)
+            pos = 2 * np.degrees(np.arcsin(s))
+            # keep the reflections whose Kα1 centre is on the grid (a component centred off the grid
+            # could explain the edge counts with an unbounded intensity)
+            inside = (pos[0] >= tt[0]) & (pos[0] <= tt[-1]) & (s[0] < 1)
+            if not inside.any():
+                raise DecompositionError(f"phase {name}: no reflection falls in the 2θ range {tt[0]:g}–{tt[-1]:g}° "
+                                         f"at λ = {lam[0]:g} Å (wrong units or wavelength?)")
+            hkls.append(hkl[inside])
+            mult.append(2 * w[inside])
+            comp_phase.append(np.full(int(inside.sum()), i))
+            lat_m.append(np.asarray(template.lat_m))
+            lat_k.append(np.asarray(template.lat_k))
+            lat_free.append(np.asarray(template.lat_free))
+            lat0.append(np.asarray(params.lattice))
+            out.append(PhaseInfo(name, template, params, info, hkl[inside], 2 * w[inside]))
+        prob = EMProblem(two_theta=tt, phases=out, wavelengths=lam, line_weights=np.asarray(inst.line_weights, np.float64),
+                         comp_phase=np.concatenate(comp_phase), hkl=np.concatenate(hkls).astype(np.float64),
+                         multiplicity=np.concatenate(mult), lat_m=np.stack(lat_m), lat_k=np.stack(lat_k),
+                         lat_free=np.stack(lat_free), n_background=n_background, widths=widths, refine_zero=refine_zero)
+        K = prob.n_reflections
+        pos = np.asarray(positions(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero))))[0]
+        th = np.radians(pos / 2)
+        s2 = float(inst.u) * np.tan(th) ** 2 + float(inst.v) * np.tan(th) + float(inst.w)
+        sig = np.sqrt(np.maximum(s2, 1e-6))
+        gam = np.maximum(0.5 * (float(inst.x) / np.cos(th) + float(inst.y) * np.tan(th)), 0.5 * sig)
+        state = EMState(lattice=jnp.asarray(np.stack(lat0)), zero=jnp.asarray(float(inst.zero)),
+                        intensity=jnp.ones(K), eta=jnp.full(K, 0.5), sigma=jnp.asarray(sig), gamma=jnp.asarray(gam),
+                        background=jnp.zeros(n_background), loglik=jnp.asarray(-jnp.inf), rel_change=jnp.asarray(jnp.inf),
+                        iteration=jnp.asarray(0, jnp.int32),
+                        lat_normal=jnp.zeros((int(prob.lat_free.sum()) + 1,) * 2))
+        return prob, state
+
+
+def positions(prob: EMProblem, lattice, zero):
+    """(L, K) peak centres (degrees 2θ) of every line and reflection; pure JAX."""
+    six = jnp.einsum("pij,pj->pi", jnp.asarray(prob.lat_m), lattice * jnp.asarray(prob.lat_free)) + jnp.asarray(prob.lat_k)
+    recs = jnp.stack([reciprocal(lattice_from_parameters(*six[p])) for p in range(six.shape[0])])  # (P, 3, 3)
+    rec = recs[jnp.asarray(prob.comp_phase)]  # (K, 3, 3)
+    g = jnp.linalg.norm(jnp.einsum("ki,kij->kj", jnp.asarray(prob.hkl), rec), axis=-1)
+    s = jnp.clip(jnp.asarray(prob.wavelengths)[:, None] * g[None, :] / 2, 0.0, 1.0 - 1e-12)
+    return 2.0 * RAD * jnp.arcsin(s) + zero
+
+
+def _cheb_basis(tt, n):
+    return jnp.stack([chebyshev_background(tt, jnp.eye(n)[k]) for k in range(n)], 1)
+
+
+def _terms(prob: EMProblem, st: EMState, x):
+    """Per-point sub-component terms (counts): (L, K, N) Lorentzian and Gaussian parts."""
+    c = positions(prob, st.lattice, st.zero)  # (L, K)
+    d = x[None, None, :] - c[:, :, None]
+    r = jnp.asarray(prob.line_weights)[:, None, None]
+    amp = st.intensity[None, :, None] * r
+    lor = st.gamma[None, :, None] / (np.pi * (st.gamma[None, :, None] ** 2 + d * d))
+    gau = jnp.exp(-0.5 * (d / st.sigma[None, :, None]) ** 2) / (np.sqrt(2 * np.pi) * st.sigma[None, :, None])
+    return c, d, amp * st.eta[None, :, None] * lor, amp * (1 - st.eta[None, :, None]) * gau
+
+
+def model_counts(prob: EMProblem, st: EMState, x, dx, basis):
+    """(total, peaks, background) expected counts on the grid."""
+    _, _, tl, tg = _terms(prob, st, x)
+    peaks = dx * jnp.sum(tl + tg, axis=(0, 1))
+    bkg = basis @ st.background
+    return bkg + peaks, peaks, bkg
+
+
+def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) -> EMState:
+    """One EM iteration (E-step, M-step, Bragg step, background); pure JAX."""
+    c, d, tl, tg = _terms(prob, st, x)
+    bkg = basis @ st.background
+    mu = jnp.maximum(bkg + dx * jnp.sum(tl + tg, axis=(0, 1)), 1e-9)
+    yw = y / mu * dx  # y_j / μ_j × Δx_j: responsibility weight per unit of term
+    wl = tl * yw[None, None, :]  # expected counts of each Lorentzian sub-component per point
+    wg = tg * yw[None, None, :]
+    n_l = jnp.sum(wl, axis=(0, 2))  # (K,)
+    n_g = jnp.sum(wg, axis=(0, 2))
+    rsum = jnp.sum(jnp.asarray(prob.line_weights))
+    # integrated intensity: Poisson-mixture M-step (with the part of each profile outside the grid)
+    cover = _coverage(st, c, x)  # (K,) fraction of the profile inside the grid
+    intensity = (n_l + n_g) / (rsum * jnp.maximum(cover, 0.5))
+    eta = jnp.clip(n_l / jnp.maximum(n_l + n_g, 1e-300), 1e-3, 1 - 1e-3)
+    # widths: Gaussian second moments; Cauchy by the scale-mixture EM
+    d2 = d * d
+    var_g = jnp.sum(wg * d2, axis=(0, 2)) / jnp.maximum(n_g, 1e-300)
+    u = 2.0 * st.gamma[None, :, None] ** 2 / (st.gamma[None, :, None] ** 2 + d2)
+    gam2 = jnp.sum(wl * u * d2, axis=(0, 2)) / jnp.maximum(n_l, 1e-300)
+    sigma, gamma = _widths(prob, c[0], var_g, gam2, n_g, n_l, st, jnp.mean(dx))
+    # Bragg step: conditional means and their precisions per sub-component
+    m_l = jnp.sum(wl * u * x[None, None, :], axis=2) / jnp.maximum(jnp.sum(wl * u, axis=2), 1e-300)
+    p_l = jnp.sum(wl * u, axis=2) / gamma[None, :] ** 2
+    m_g = jnp.sum(wg * x[None, None, :], axis=2) / jnp.maximum(jnp.sum(wg, axis=2), 1e-300)
+    p_g = jnp.sum(wg, axis=2) / sigma[None, :] ** 2
+    lattice, zero, normal = _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps)
+    # background: weighted least squares of (y − peaks), weights 1/max(y, 1)
+    new = st._replace(intensity=intensity, eta=eta, sigma=sigma, gamma=gamma, lattice=lattice, zero=zero)
+    _, peaks, _ = model_counts(prob, new, x, dx, basis)
+    w = 1.0 / jnp.maximum(y, 1.0)
+    a = basis.T @ (basis * w[:, None])
+    coef = jnp.linalg.solve(a + 1e-12 * jnp.trace(a) * jnp.eye(a.shape[0]), basis.T @ (w * (y - peaks)))
+    new = new._replace(background=coef)
+    total, _, _ = model_counts(prob, new, x, dx, basis)
+    ll = jnp.sum(y * jnp.log(jnp.maximum(total, 1e-9)) - total)
+    rel = jnp.abs(ll - st.loglik) / jnp.maximum(jnp.abs(ll), 1e-300)
+    return new._replace(loglik=ll, rel_change=jnp.where(jnp.isfinite(st.loglik), rel, jnp.inf),
+                        iteration=st.iteration + 1, lat_normal=normal)
+
+
+def _coverage(st, c, x):
+    """Share of each reflection's (Kα1) profile inside [x0, x_end] (peaks cut by the range ends)."""
+    lo, hi = x[0], x[-1]
+
+    def cdf_l(z, g):
+        return 0.5 + jnp.arctan(z / g) / np.pi
+
+    def cdf_g(z, s):
+        return 0.5 * (1 + jax.scipy.special.erf(z / (np.sqrt(2) * s)))
+
+    cc = c[0]
+    fl = cdf_l(hi - cc, st.gamma) - cdf_l(lo - cc, st.gamma)
+    fg = cdf_g(hi - cc, st.sigma) - cdf_g(lo - cc, st.sigma)
+    return st.eta * fl + (1 - st.eta) * fg
+
+
+def _widths(prob, c1, var_g, gam2, n_g, n_l, st, step):
+    floor = step  # a profile narrower than the grid step is not determined by the data
+    if prob.widths == "free":
+        return (jnp.sqrt(jnp.maximum(var_g, floor**2)), jnp.sqrt(jnp.maximum(gam2, floor**2)))
+    th = jnp.deg2rad(c1 / 2)
+    t, cs = jnp.tan(th), jnp.cos(th)
+    ag = jnp.stack([t * t, t, jnp.ones_like(t)], 1)
+    al = jnp.stack([1 / cs, t], 1)
+    wg_ = n_g / jnp.maximum(var_g, floor**2)  # strength-weighted
+    wl_ = n_l / jnp.maximum(gam2, floor**2)
+    cg = jnp.linalg.lstsq(ag * jnp.sqrt(wg_)[:, None], var_g * jnp.sqrt(wg_))[0]
+    cl = jnp.linalg.lstsq(al * jnp.sqrt(wl_)[:, None], jnp.sqrt(jnp.maximum(gam2, 0)) * jnp.sqrt(wl_))[0]
+    sigma = jnp.sqrt(jnp.maximum(ag @ cg, floor**2))
+    gamma = jnp.maximum(al @ cl, floor)
+    return sigma, gamma
+
+
+def _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps):
+    """Gauss–Newton on Σ P (m − c(θ))² over the free lattice parameters and the zero."""
+    free = np.asarray(prob.lat_free) > 0
+    idx = np.argwhere(free)  # (Q, 2): phase, slot
+    q_lat = len(idx)
+
+    def unpack(theta):
+        lat = st.lattice.at[idx[:, 0], idx[:, 1]].set(theta[:q_lat])
+        return lat, (theta[q_lat] if prob.refine_zero else st.zero)
+
+    theta = jnp.concatenate([st.lattice[idx[:, 0], idx[:, 1]], st.zero[None]])
+    m = jnp.concatenate([m_l.ravel(), m_g.ravel()])
+    p = jnp.concatenate([p_l.ravel(), p_g.ravel()])
+    p = jnp.where(jnp.isfinite(m) & jnp.isfinite(p), p, 0.0)
+    m = jnp.where(p > 0, m, 0.0)
+
+    def resid(th):
+        lat, z = unpack(th)
+        c = positions(prob, lat, z)
+        return (jnp.concatenate([c.ravel(), c.ravel()]) - m) * jnp.sqrt(p)
+
+    normal = jnp.zeros((q_lat + 1,) * 2)
+    for _ in range(gn_steps):
+        r = resid(theta)
+        jac = jax.jacfwd(resid)(theta)
+        if not prob.refine_zero:
+            jac = jac.at[:, q_lat].set(0.0)
+        normal = jac.T @ jac
+        a = normal + jnp.diag(jnp.where(jnp.diag(normal) > 0, 0.0, 1.0))
+        theta = theta - jnp.linalg.solve(a, jac.T @ r)
+    lat, z = unpack(theta)
+    return lat, jnp.asarray(z), normal
+
+
+# ----------------------------------------------------------------------------------------------
+# drivers
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Decomposition:
+    """Result of :func:`decompose` for one pattern."""
+
+    problem: EMProblem
+    state: EMState
+    y_obs: np.ndarray
+    y_calc: np.ndarray
+    background: np.ndarray
+    stats: dict
+    n_iterations: int
+    seconds: float
+
+    def lattice(self, i: int = 0):
+        """(a, b, c, α, β, γ) and esd's of phase i (esd's from the Bragg-step normal matrix)."""
+        prob, st = self.problem, self.state
+        m = prob.lat_m[i]
+        six = m @ (np.asarray(st.lattice[i]) * prob.lat_free[i]) + prob.lat_k[i]
+        normal = np.asarray(st.lat_normal)
+        free = np.argwhere(prob.lat_free > 0)
+        try:
+            cov = np.linalg.pinv(normal)
+        except np.linalg.LinAlgError:
+            cov = np.zeros_like(normal)
+        var6 = np.zeros(6)
+        rows = [k for k, (p, _) in enumerate(free) if p == i]
+        sub = np.zeros((6, 6))
+        for a_, ka in enumerate(rows):
+            for b_, kb in enumerate(rows):
+                sub[free[ka][1], free[kb][1]] = cov[ka, kb]
+        # Bragg-step covariance scaled by the reduced χ² of the whole fit (GSAS-II's convention)
+        var6 = np.diag(m @ sub @ m.T) * max(self.stats["reduced_chi2"], 1.0)
+        return six, np.sqrt(np.clip(var6, 0, None))
+
+    def reflections(self) -> list[dict]:
+        prob, st = self.problem, self.state
+        c = np.asarray(positions(prob, st.lattice, st.zero))[0]
+        sig, gam, eta = np.asarray(st.sigma), np.asarray(st.gamma), np.asarray(st.eta)
+        fwhm_g, fwhm_l = 2 * np.sqrt(2 * np.log(2)) * sig, 2 * gam
+        out = []
+        for k in range(prob.n_reflections):
+            out.append({"phase": prob.phases[prob.comp_phase[k]].name, "h": int(prob.hkl[k, 0]), "k": int(prob.hkl[k, 1]),
+                        "l": int(prob.hkl[k, 2]), "two_theta": float(c[k]), "multiplicity": int(prob.multiplicity[k]),
+                        "intensity": float(st.intensity[k]), "fwhm_gauss": float(fwhm_g[k]),
+                        "fwhm_lorentz": float(fwhm_l[k]), "eta": float(eta[k])})
+        return out
+
+    def weight_fractions(self, instrument) -> dict:
+        """Phase fractions: ``hill_howard`` (scale of each phase from its extracted intensities
+        against m|F|²·LP of the model, then Hill–Howard S·ZMV) and ``lp_quick`` (PyWPEM-style:
+        Σ I/LP per phase, normalised)."""
+        prob, st = self.problem, self.state
+        calc, lp, zmv = calculated_intensities(prob, instrument, st.lattice)
+        obs = np.asarray(st.intensity)
+        scales, quick = [], []
+        for i in range(len(prob.phases)):
+            sel = prob.comp_phase == i
+            scales.append(float(np.sum(obs[sel] * calc[sel]) / max(np.sum(calc[sel] ** 2), 1e-300)))
+            quick.append(float(np.sum(obs[sel] / lp[sel])))
+        hh = np.asarray(scales) * zmv
+        q = np.asarray(quick)
+        return {"hill_howard": (hh / hh.sum()).tolist(), "lp_quick": (q / q.sum()).tolist()}
+
+
+def calculated_intensities(prob: EMProblem, instrument, lattice):
+    """Model intensities of every reflection (Kα1 line, unit scale: m|F|²·LP as the simulator
+    computes them), its LP factor, and each phase's Z·M·V (cell mass × volume)."""
+    from ..core.pattern import _peak_table
+    from ..core.reflections import Reflections
+    from ..refine.rietveld import _site_labels
+
+    calc = np.zeros(prob.n_reflections)
+    lp = np.zeros(prob.n_reflections)
+    zmv = []
+    with jax.enable_x64(True):
+        for i, ph in enumerate(prob.phases):
+            sel = prob.comp_phase == i
+            params = dataclasses.replace(ph.params, lattice=jnp.asarray(lattice[i]))
+            crystal = jax.jit(lambda t, p: t.expand(p))(ph.template, params)
+            refl = Reflections(hkl=jnp.asarray(prob.hkl[sel]), mask=jnp.asarray(prob.multiplicity[sel] / 2.0),
+                               lattice0=jnp.asarray(crystal.lattice), g_max=jnp.asarray(1e3))
+            ins = jax.tree_util.tree_map(lambda a: jnp.asarray(a), instrument).replace(scale=jnp.asarray(1.0))
+            t = jax.jit(lambda c, s, r: _peak_table(c, s, r, "pymatgen"))(crystal, ins, refl)
+            n = int(sel.sum())
+            calc[sel] = np.asarray(t["intensity"])[:n]
+            lp[sel] = np.asarray(t["lp"]).reshape(-1)[:n]
+            _, masses = _site_labels(ph.info)
+            o = np.asarray(ph.template.site_orbit)
+            mk = np.asarray(ph.template.site_mask) > 0
+            occ = np.asarray(ph.params.occupancy)
+            m_orb = np.concatenate([masses, np.zeros(len(occ) - len(masses))])
+            zmv.append(float(np.sum(m_orb[o][mk] * occ[o][mk])) * float(abs(np.linalg.det(np.asarray(crystal.lattice)))))
+    return calc, lp, np.asarray(zmv)
+
+
+def _stats(y, yc, sigma, n_params=0):
+    from ..metrics import agreement
+
+    return agreement(y, yc, sigma, n_params)
+
+
+def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_background: int = 8,
+              max_iter: int = 200, tol: float = 1e-7, widths: str = "caglioti", refine_zero: bool = True,
+              init: tuple | None = None, progress: bool = True) -> Decomposition:
+    """Decompose one pattern. ``init=(problem, state)`` warm-starts (series)."""
+    t0 = time.perf_counter()
+    y = np.asarray(y_obs, np.float64)
+    x = np.asarray(two_theta, np.float64)
+    if y.shape != x.shape:
+        raise DecompositionError("2θ and intensity differ in length")
+    if not np.all(np.isfinite(y)):
+        raise DecompositionError("the pattern contains NaN or infinite intensities")
+    if np.any(y < 0):
+        raise DecompositionError(f"the pattern has {int(np.sum(y < 0))} negative intensities: WPEM needs counts "
+                                 "(add the subtracted background back, or shift the pattern)")
+    if init is None:
+        prob, st = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero)
+    else:
+        prob, st = init
+        if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
+            raise DecompositionError("a series needs the same 2θ grid for every pattern")
+    with jax.enable_x64(True):
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        dx = jnp.asarray(np.gradient(x))
+        basis = _cheb_basis(xj, prob.n_background)
+        if init is None:
+            st = _initial_intensities(prob, st, yj, xj, dx, basis)
+        step = _compiled_step(prob)
+        n = 0
+        for n in range(1, max_iter + 1):
+            st = step(st, yj, xj, dx, basis)
+            if progress and (n % 10 == 0 or n == 1):
+                print(f"  EM iteration {n:4d}: log-likelihood {float(st.loglik):.8g}  (rel. change {float(st.rel_change):.2e})",
+                      file=sys.stderr, flush=True)
+            if float(st.rel_change) < tol:
+                break
+        total, peaks, bkg = jax.jit(lambda s: model_counts(prob, s, xj, dx, basis))(st)
+    sig = np.sqrt(np.maximum(y, 1.0)) if sigma is None else np.asarray(sigma, np.float64)
+    yc = np.asarray(total)
+    return Decomposition(problem=prob, state=st, y_obs=y, y_calc=yc, background=np.asarray(bkg),
+                         stats=_stats(y, yc, sig, n_params=_n_params(prob)), n_iterations=n,
+                         seconds=time.perf_counter() - t0)
+
+
+def _n_params(prob: EMProblem) -> int:
+    per_refl = 2 if prob.widths == "caglioti" else 4  # I, η (+ σ, γ when free)
+    return (per_refl * prob.n_reflections + (5 if prob.widths == "caglioti" else 0) + int(prob.lat_free.sum())
+            + int(prob.refine_zero) + prob.n_background)
+
+
+def _initial_intensities(prob, st, y, x, dx, basis):
+    """Background from a clipped Chebyshev fit (lower envelope), intensities from the net counts
+    under each peak."""
+    n = prob.n_background
+    yb = y
+    for _ in range(20):
+        coef = jnp.linalg.lstsq(basis, yb)[0]
+        fit = basis @ coef
+        yb = jnp.minimum(y, fit)
+    net = jnp.maximum(y - fit, 0.0)
+    c = positions(prob, st.lattice, st.zero)[0]
+    idx = jnp.clip(jnp.searchsorted(x, c), 0, x.shape[0] - 1)
+    height = net[idx]
+    fwhm = 2.355 * st.sigma
+    intensity = jnp.maximum(height * fwhm, 1e-3 * jnp.max(net) * jnp.mean(dx))
+    return st._replace(intensity=intensity, background=coef[:n])
+
+
+_STEP_CACHE: dict = {}
+
+
+def _compiled_step(prob: EMProblem):
+    key = id(prob)
+    if key not in _STEP_CACHE:
+        _STEP_CACHE[key] = jax.jit(lambda st, y, x, dx, basis: em_step(prob, st, y, x, dx, basis))
+    return _STEP_CACHE[key]
+
+
+def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100, n_background: int = 8,
+                    widths: str = "caglioti", refine_zero: bool = True):
+    """Decompose many patterns on one grid in one compiled call (``vmap`` over patterns, a fixed
+    number of EM iterations). Returns ``(problem, states)`` with a leading batch axis."""
+    x = np.asarray(two_theta, np.float64)
+    yb = np.asarray(y_batch, np.float64)
+    if yb.ndim != 2 or yb.shape[1] != x.size:
+        raise DecompositionError(f"y_batch must be (batch, {x.size})")
+    if not np.all(np.isfinite(yb)) or np.any(yb < 0):
+        bad = np.flatnonzero(~np.all(np.isfinite(yb) & (yb >= 0), axis=1))
+        raise DecompositionError(f"pattern(s) {bad.tolist()} contain NaN or negative values")
+    prob, st0 = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero)
+    with jax.enable_x64(True):
+        xj = jnp.asarray(x)
+        dx = jnp.asarray(np.gradient(x))
+        basis = _cheb_basis(xj, prob.n_background)
+
+        @jax.jit
+        def run(y):
+            st = _initial_intensities(prob, st0, y, xj, dx, basis)
+            return lax.fori_loop(0, n_iter, lambda i, s: em_step(prob, s, y, xj, dx, basis), st)
+
+        states = jax.vmap(run)(jnp.asarray(yb))
+    return prob, states
