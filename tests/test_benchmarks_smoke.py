@@ -77,3 +77,16 @@ def test_refine_batch_benchmark_tiny(tmp_path):
         assert _positive(res[k]), k
     assert res["recovered_fraction_a_c_within_1e-3_A"] == 1.0
     assert res["gof_max"] < 1.3
+
+
+def test_wpem_series_benchmark_tiny(tmp_path):
+    """``benchmarks/wpem_series.py --size tiny``: a drifting two-phase series decomposed in one
+    batched call tracks the lattice."""
+    out = tmp_path / "ws.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "wpem_series.py"), "--size", "tiny",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads(out.read_text())["results"]
+    for k in ("batch_seconds_steady", "batch_patterns_per_s", "loop_seconds_per_pattern_steady_median"):
+        assert _positive(res[k]), k
+    assert res["a_abs_error_max_A"] < 2e-3

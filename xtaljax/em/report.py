@@ -24,7 +24,9 @@ def decomposition_dict(d, instrument, source: str = "") -> dict:
                        "n_reflections": int(np.sum(d.problem.comp_phase == i))})
     st = d.stats
     return {"pattern": source, "rwp": st["rwp"], "rwp_wpem": st["rwp_wpem"], "rp": st["rp"],
+            "rwp_pywpem_subset": st.get("rwp_pywpem_subset"), "rp_pywpem_subset": st.get("rp_pywpem_subset"),
             "definitions": {**st["definitions"],
+                            "rwp_pywpem_subset": "PyWPEM 2026.10: points with net > 5 % of max net, weights 1/y",
                             "weight_fraction": "Hill-Howard from the extracted intensities vs m|F|^2 LP of the model",
                             "weight_fraction_lp_quick": "PyWPEM-style: sum(I/LP) per phase, normalised"},
             "zero": float(d.state.zero), "phases": phases, "n_iterations": d.n_iterations,

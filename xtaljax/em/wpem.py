@@ -412,8 +412,10 @@ def _stats(y, yc, sigma, n_params=0):
 
 def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_background: int = 8,
               max_iter: int = 200, tol: float = 1e-7, widths: str = "caglioti", refine_zero: bool = True,
-              init: tuple | None = None, progress: bool = True) -> Decomposition:
-    """Decompose one pattern. ``init=(problem, state)`` warm-starts (series)."""
+              init: tuple | None = None, problem: tuple | None = None, progress: bool = True) -> Decomposition:
+    """Decompose one pattern. ``init=(problem, state)`` warm-starts from a previous result (a
+    series); ``problem=(problem, state0)`` from :func:`build_problem` reuses the set-up and the
+    compiled step (a fresh start)."""
     t0 = time.perf_counter()
     y = np.asarray(y_obs, np.float64)
     x = np.asarray(two_theta, np.float64)
@@ -424,10 +426,10 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
     if np.any(y < 0):
         raise DecompositionError(f"the pattern has {int(np.sum(y < 0))} negative intensities: WPEM needs counts "
                                  "(add the subtracted background back, or shift the pattern)")
-    if init is None:
+    if init is None and problem is None:
         prob, st = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero)
     else:
-        prob, st = init
+        prob, st = init if init is not None else problem
         if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
             raise DecompositionError("a series needs the same 2θ grid for every pattern")
     with jax.enable_x64(True):
@@ -435,7 +437,7 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
         dx = jnp.asarray(np.gradient(x))
         basis = _cheb_basis(xj, prob.n_background)
         if init is None:
-            st = _initial_intensities(prob, st, yj, xj, dx, basis)
+            st = jax.jit(lambda s, y: _initial_intensities(prob, s, y, xj, dx, basis))(st, yj)
         step = _compiled_step(prob)
         n = 0
         for n in range(1, max_iter + 1):
@@ -448,9 +450,22 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
         total, peaks, bkg = jax.jit(lambda s: model_counts(prob, s, xj, dx, basis))(st)
     sig = np.sqrt(np.maximum(y, 1.0)) if sigma is None else np.asarray(sigma, np.float64)
     yc = np.asarray(total)
+    stats = _stats(y, yc, sig, n_params=_n_params(prob))
+    stats.update(pywpem_subset_factors(y, yc, np.asarray(bkg)))
     return Decomposition(problem=prob, state=st, y_obs=y, y_calc=yc, background=np.asarray(bkg),
-                         stats=_stats(y, yc, sig, n_params=_n_params(prob)), n_iterations=n,
-                         seconds=time.perf_counter() - t0)
+                         stats=stats, n_iterations=n, seconds=time.perf_counter() - t0)
+
+
+def pywpem_subset_factors(y, yc, background, fraction: float = 0.05) -> dict:
+    """Rp and Rwp as PyWPEM 2026.10 computes them: only the points whose net observed intensity
+    exceeds ``fraction`` of its maximum, Poisson weights 1/y on the total intensities."""
+    net = y - background
+    sel = (net > fraction * np.max(net)) & (y > 0)
+    if not np.any(sel):
+        return {"rwp_pywpem_subset": float("nan"), "rp_pywpem_subset": float("nan"), "n_subset": 0}
+    r = yc[sel] - y[sel]
+    return {"rwp_pywpem_subset": float(100 * np.sqrt(np.sum(r * r / y[sel]) / np.sum(y[sel]))),
+            "rp_pywpem_subset": float(100 * np.sum(np.abs(r)) / np.sum(y[sel])), "n_subset": int(sel.sum())}
 
 
 def _n_params(prob: EMProblem) -> int:
@@ -481,16 +496,20 @@ _STEP_CACHE: dict = {}
 
 
 def _compiled_step(prob: EMProblem):
-    key = id(prob)
+    key = (id(prob), "step")
     if key not in _STEP_CACHE:
         _STEP_CACHE[key] = jax.jit(lambda st, y, x, dx, basis: em_step(prob, st, y, x, dx, basis))
     return _STEP_CACHE[key]
 
 
 def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100, n_background: int = 8,
-                    widths: str = "caglioti", refine_zero: bool = True):
-    """Decompose many patterns on one grid in one compiled call (``vmap`` over patterns, a fixed
-    number of EM iterations). Returns ``(problem, states)`` with a leading batch axis."""
+                    widths: str = "caglioti", refine_zero: bool = True, problem: tuple | None = None,
+                    chunk: int | None = 16):
+    """Decompose many patterns on one grid with one compiled program (``vmap`` over patterns, a
+    fixed number of EM iterations). Returns ``(problem, states)`` with a leading batch axis.
+    ``problem=(problem, state0)`` reuses a set-up (and its compiled program). ``chunk``: patterns
+    per vmapped call (the E-step holds lines × reflections × points per pattern; on a CPU a
+    200-pattern call needed 15 GB); ``None`` = all at once (accelerators)."""
     x = np.asarray(two_theta, np.float64)
     yb = np.asarray(y_batch, np.float64)
     if yb.ndim != 2 or yb.shape[1] != x.size:
@@ -498,16 +517,30 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
     if not np.all(np.isfinite(yb)) or np.any(yb < 0):
         bad = np.flatnonzero(~np.all(np.isfinite(yb) & (yb >= 0), axis=1))
         raise DecompositionError(f"pattern(s) {bad.tolist()} contain NaN or negative values")
-    prob, st0 = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero)
+    prob, st0 = problem or build_problem(x, phases, instrument, n_background=n_background, widths=widths,
+                                         refine_zero=refine_zero)
     with jax.enable_x64(True):
-        xj = jnp.asarray(x)
-        dx = jnp.asarray(np.gradient(x))
-        basis = _cheb_basis(xj, prob.n_background)
+        key = (id(prob), "batch", n_iter)
+        if key not in _STEP_CACHE:
+            xj = jnp.asarray(x)
+            dx = jnp.asarray(np.gradient(x))
+            basis = _cheb_basis(xj, prob.n_background)
 
-        @jax.jit
-        def run(y):
-            st = _initial_intensities(prob, st0, y, xj, dx, basis)
-            return lax.fori_loop(0, n_iter, lambda i, s: em_step(prob, s, y, xj, dx, basis), st)
+            def run(y, st0):
+                st = _initial_intensities(prob, st0, y, xj, dx, basis)
+                return lax.fori_loop(0, n_iter, lambda i, s: em_step(prob, s, y, xj, dx, basis), st)
 
-        states = jax.vmap(run)(jnp.asarray(yb))
+            _STEP_CACHE[key] = jax.jit(jax.vmap(run, in_axes=(0, None)))
+        fn = _STEP_CACHE[key]
+        n = yb.shape[0]
+        size = n if not chunk else min(int(chunk), n)
+        parts = []
+        for start in range(0, n, size):
+            block = yb[start:start + size]
+            pad = size - block.shape[0]
+            if pad:  # same shape every call: one compilation
+                block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
+            out = fn(jnp.asarray(block), st0)
+            parts.append(jax.tree_util.tree_map(lambda a: a[: size - pad], out))
+        states = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
     return prob, states
