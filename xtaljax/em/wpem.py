@@ -44,7 +44,19 @@ from ..core.pattern import SimConfig, chebyshev_background, reflections_for, res
 from ..core.reflections import merge_equivalents
 
 RAD = 180.0 / np.pi
-_CHEB_CACHE: dict = {}
+
+
+@jax.jit
+def _expand_jit(template, params):
+    return template.expand(params)
+
+
+@jax.jit
+def _peak_table_pmg(crystal, instrument, refl):
+    from ..core.pattern import _peak_table
+
+    t = _peak_table(crystal, instrument, refl, "pymatgen")
+    return {"intensity": t["intensity"], "lp": t["lp"]}
 
 
 class DecompositionError(ValueError):
@@ -123,7 +135,7 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
                     struct, symprec=symprec, return_info=True)
             except ValueError as err:
                 raise DecompositionError(f"phase {name}: {err}") from None
-            crystal = jax.jit(lambda t, p: t.expand(p))(template, params)
+            crystal = _expand_jit(template, params)
             refl = merge_equivalents(reflections_for(crystal, inst, tt, cfg, margin=0.02), info.rotations)
             m = np.asarray(refl.mask) > 0
             hkl = np.asarray(refl.hkl)[m]
@@ -376,7 +388,6 @@ class Decomposition:
 def calculated_intensities(prob: EMProblem, instrument, lattice):
     """Model intensities of every reflection (Kα1 line, unit scale: m|F|²·LP as the simulator
     computes them), its LP factor, and each phase's Z·M·V (cell mass × volume)."""
-    from ..core.pattern import _peak_table
     from ..core.reflections import Reflections
     from ..refine.rietveld import _site_labels
 
@@ -387,11 +398,11 @@ def calculated_intensities(prob: EMProblem, instrument, lattice):
         for i, ph in enumerate(prob.phases):
             sel = prob.comp_phase == i
             params = dataclasses.replace(ph.params, lattice=jnp.asarray(lattice[i]))
-            crystal = jax.jit(lambda t, p: t.expand(p))(ph.template, params)
+            crystal = _expand_jit(ph.template, params)
             refl = Reflections(hkl=jnp.asarray(prob.hkl[sel]), mask=jnp.asarray(prob.multiplicity[sel] / 2.0),
                                lattice0=jnp.asarray(crystal.lattice), g_max=jnp.asarray(1e3))
             ins = jax.tree_util.tree_map(lambda a: jnp.asarray(a), instrument).replace(scale=jnp.asarray(1.0))
-            t = jax.jit(lambda c, s, r: _peak_table(c, s, r, "pymatgen"))(crystal, ins, refl)
+            t = _peak_table_pmg(crystal, ins, refl)
             n = int(sel.sum())
             calc[sel] = np.asarray(t["intensity"])[:n]
             lp[sel] = np.asarray(t["lp"]).reshape(-1)[:n]
@@ -437,7 +448,8 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
         dx = jnp.asarray(np.gradient(x))
         basis = _cheb_basis(xj, prob.n_background)
         if init is None:
-            st = jax.jit(lambda s, y: _initial_intensities(prob, s, y, xj, dx, basis))(st, yj)
+            st = _compiled(prob, "init", lambda: jax.jit(
+                lambda s, y, x, dx, b: _initial_intensities(prob, s, y, x, dx, b)))(st, yj, xj, dx, basis)
         step = _compiled_step(prob)
         n = 0
         for n in range(1, max_iter + 1):
@@ -447,7 +459,8 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
                       file=sys.stderr, flush=True)
             if float(st.rel_change) < tol:
                 break
-        total, peaks, bkg = jax.jit(lambda s: model_counts(prob, s, xj, dx, basis))(st)
+        total, peaks, bkg = _compiled(prob, "model", lambda: jax.jit(
+            lambda s, x, dx, b: model_counts(prob, s, x, dx, b)))(st, xj, dx, basis)
     sig = np.sqrt(np.maximum(y, 1.0)) if sigma is None else np.asarray(sigma, np.float64)
     yc = np.asarray(total)
     stats = _stats(y, yc, sig, n_params=_n_params(prob))
@@ -493,6 +506,13 @@ def _initial_intensities(prob, st, y, x, dx, basis):
 
 
 _STEP_CACHE: dict = {}
+
+
+def _compiled(prob: EMProblem, name: str, make):
+    key = (id(prob), name)
+    if key not in _STEP_CACHE:
+        _STEP_CACHE[key] = make()
+    return _STEP_CACHE[key]
 
 
 def _compiled_step(prob: EMProblem):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from functools import partial
 import time
 from typing import Callable, Sequence
 
@@ -99,6 +100,14 @@ _LATTICE_NAMES = {
 
 
 _expand_jit = jax.jit(expand)
+
+
+@partial(jax.jit, static_argnums=(3,))
+def _positions_jit(crystal, instrument, refl, model):
+    from ..core.pattern import _peak_table
+
+    t = _peak_table(crystal, instrument, refl, model)
+    return {"pos": t["pos"], "valid": t["valid"]}
 
 
 class RefinementError(ValueError):
@@ -638,13 +647,10 @@ class Result:
     def reflection_positions(self, i: int = 0) -> np.ndarray:
         """Peak positions (2θ, first line, zero and displacement included) of phase ``i``'s
         reflections in the fit range."""
-        from ..core.pattern import _peak_table
-
         pm = self.problem.phases[i]
         with jax.enable_x64(True):
-            fn = jax.jit(lambda c, ins, r: {k: v for k, v in _peak_table(c, ins, r, self.problem.config.form_factors).items()
-                                            if k in ("pos", "valid")})
-            t = fn(self.crystal(i), self.model["instrument"], pm.reflections)
+            t = _positions_jit(self.crystal(i), self.model["instrument"], pm.reflections,
+                               self.problem.config.form_factors)
             n = pm.reflections.capacity
             pos = np.asarray(t["pos"])[:n][np.asarray(t["valid"])[:n]]
         tt = self.problem.two_theta
