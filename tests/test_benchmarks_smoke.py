@@ -89,4 +89,4 @@ def test_wpem_series_benchmark_tiny(tmp_path):
     res = json.loads(out.read_text())["results"]
     for k in ("batch_seconds_steady", "batch_patterns_per_s", "loop_seconds_per_pattern_steady_median"):
         assert _positive(res[k]), k
-    assert res["a_abs_error_max_A"] < 2e-3
+    assert res["a_abs_error_max_A"] < 5e-4  # tracked from chunk to chunk (0.3 % drift in all)

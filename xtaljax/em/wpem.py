@@ -104,6 +104,13 @@ class EMProblem:
     n_background: int
     widths: str = "caglioti"
     refine_zero: bool = True
+    sigma0: np.ndarray | None = None  # (K,) instrument Gaussian σ at the starting cell (degrees)
+    gamma0: np.ndarray | None = None  # (K,) instrument Cauchy half-width
+    calc0: np.ndarray | None = None  # (K,) model m|F|²·LP per reflection, normalised per phase
+    search: float = 0.0  # relative half-width of the starting isotropic-strain scan
+    search_steps: int = 1
+    anneal: int = 0  # iterations over which the width floor decays from anneal_factor × (σ0, γ0)
+    anneal_factor: float = 1.0
 
     @property
     def n_reflections(self) -> int:
@@ -111,9 +118,22 @@ class EMProblem:
 
 
 def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
-                  widths: str = "caglioti", refine_zero: bool = True) -> tuple[EMProblem, EMState]:
+                  widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0, anneal: int = 0,
+                  anneal_factor: float = 8.0) -> tuple[EMProblem, EMState]:
     """Host-side set-up: symmetrise the phases, enumerate and merge their reflections in range,
-    initial state from the instrument's profile terms (intensities 1, background 0)."""
+    initial state from the instrument's profile terms (intensities 1, background 0).
+
+    ``search``: before the first EM iteration every phase's cell is scaled isotropically by the
+    factor in ``1 ± search`` whose Bragg positions best meet the background-subtracted pattern
+    (the pattern sampled at the Kα1 positions, weighted by the phase's model intensities
+    m|F|²·LP): a cell from a CIF at another temperature, or a drifted pattern of a series, starts
+    within a fraction of a FWHM of its peaks. ``search=0`` keeps the given cells.
+
+    ``anneal``/``anneal_factor``: deterministic annealing of the profile widths. For the first
+    ``anneal`` iterations every component is at least ``anneal_factor^(1 − i/anneal)`` times its
+    instrumental width, so a peak several FWHM away from its starting Bragg position (a cell
+    that is off by a few 0.1 %, a drifted series) still pulls its component, and the lattice
+    follows; the floor then vanishes and the widths are the data's. ``anneal=0`` switches it off."""
     from ..io.spacegroups import symmetrize
 
     tt = np.asarray(two_theta, np.float64)
@@ -123,6 +143,10 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
         raise DecompositionError(f"widths must be 'caglioti' or 'free', got {widths!r}")
     if not phases:
         raise DecompositionError("at least one phase is needed")
+    if not 0.0 <= search < 0.2:
+        raise DecompositionError(f"search is a relative strain in [0, 0.2), got {search}")
+    if anneal < 0 or anneal_factor < 1.0:
+        raise DecompositionError(f"anneal must be >= 0 and anneal_factor >= 1, got {anneal}, {anneal_factor}")
     with jax.enable_x64(True):
         inst = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64)
                                       if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, instrument)
@@ -168,7 +192,18 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
         s2 = float(inst.u) * np.tan(th) ** 2 + float(inst.v) * np.tan(th) + float(inst.w)
         sig = np.sqrt(np.maximum(s2, 1e-6))
         gam = np.maximum(0.5 * (float(inst.x) / np.cos(th) + float(inst.y) * np.tan(th)), 0.5 * sig)
-        state = EMState(lattice=jnp.asarray(np.stack(lat0)), zero=jnp.asarray(float(inst.zero)),
+        # isotropic-strain scan: steps that move the highest-angle peak by at most 1/4 of its FWHM
+        fwhm = 2.355 * sig
+        tmax = np.tan(np.radians(np.clip(pos, 0, 179.0) / 2)).max(axis=0)  # per reflection
+        ds = float(np.min(0.25 * fwhm / (2 * tmax * RAD)))
+        steps = 1 if search == 0 else int(min(2 * np.ceil(search / max(ds, 1e-7)) + 1, 2001))
+        calc0 = calculated_intensities(prob, inst, np.stack(lat0))[0]
+        for i in range(len(out)):
+            sel = prob.comp_phase == i
+            calc0[sel] = calc0[sel] / max(calc0[sel].sum(), 1e-300)
+        prob = dataclasses.replace(prob, sigma0=sig, gamma0=gam, anneal=int(anneal), anneal_factor=float(anneal_factor),
+                                   calc0=calc0, search=float(search), search_steps=steps)
+        state = EMState(lattice=jnp.asarray(np.stack(lat0)), zero=jnp.asarray(np.float64(float(inst.zero))),
                         intensity=jnp.ones(K), eta=jnp.full(K, 0.5), sigma=jnp.asarray(sig), gamma=jnp.asarray(gam),
                         background=jnp.zeros(n_background), loglik=jnp.asarray(-jnp.inf), rel_change=jnp.asarray(jnp.inf),
                         iteration=jnp.asarray(0, jnp.int32),
@@ -209,8 +244,19 @@ def model_counts(prob: EMProblem, st: EMState, x, dx, basis):
     return bkg + peaks, peaks, bkg
 
 
+def _width_floor(prob: EMProblem, iteration):
+    """(σ, γ) floors of the annealing schedule at an iteration (zeros once it is over)."""
+    if not prob.anneal or prob.sigma0 is None:
+        return 0.0, 0.0
+    f = jnp.clip(1.0 - iteration / prob.anneal, 0.0, 1.0)
+    tau = jnp.where(iteration < prob.anneal, prob.anneal_factor ** f, 0.0)
+    return tau * jnp.asarray(prob.sigma0), tau * jnp.asarray(prob.gamma0)
+
+
 def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) -> EMState:
     """One EM iteration (E-step, M-step, Bragg step, background); pure JAX."""
+    fs, fg = _width_floor(prob, st.iteration)
+    st = st._replace(sigma=jnp.maximum(st.sigma, fs), gamma=jnp.maximum(st.gamma, fg))
     c, d, tl, tg = _terms(prob, st, x)
     bkg = basis @ st.background
     mu = jnp.maximum(bkg + dx * jnp.sum(tl + tg, axis=(0, 1)), 1e-9)
@@ -230,6 +276,8 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     u = 2.0 * st.gamma[None, :, None] ** 2 / (st.gamma[None, :, None] ** 2 + d2)
     gam2 = jnp.sum(wl * u * d2, axis=(0, 2)) / jnp.maximum(n_l, 1e-300)
     sigma, gamma = _widths(prob, c[0], var_g, gam2, n_g, n_l, st, jnp.mean(dx))
+    fs, fg = _width_floor(prob, st.iteration + 1)
+    sigma, gamma = jnp.maximum(sigma, fs), jnp.maximum(gamma, fg)
     # Bragg step: conditional means and their precisions per sub-component
     m_l = jnp.sum(wl * u * x[None, None, :], axis=2) / jnp.maximum(jnp.sum(wl * u, axis=2), 1e-300)
     p_l = jnp.sum(wl * u, axis=2) / gamma[None, :] ** 2
@@ -423,7 +471,9 @@ def _stats(y, yc, sigma, n_params=0):
 
 def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_background: int = 8,
               max_iter: int = 200, tol: float = 1e-7, widths: str = "caglioti", refine_zero: bool = True,
-              init: tuple | None = None, problem: tuple | None = None, progress: bool = True) -> Decomposition:
+              search: float = 0.0, anneal: int = 0, anneal_factor: float = 8.0, init: tuple | None = None,
+              problem: tuple | None = None,
+              progress: bool = True) -> Decomposition:
     """Decompose one pattern. ``init=(problem, state)`` warm-starts from a previous result (a
     series); ``problem=(problem, state0)`` from :func:`build_problem` reuses the set-up and the
     compiled step (a fresh start)."""
@@ -438,7 +488,8 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
         raise DecompositionError(f"the pattern has {int(np.sum(y < 0))} negative intensities: WPEM needs counts "
                                  "(add the subtracted background back, or shift the pattern)")
     if init is None and problem is None:
-        prob, st = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero)
+        prob, st = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero,
+                                 search=search, anneal=anneal, anneal_factor=anneal_factor)
     else:
         prob, st = init if init is not None else problem
         if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
@@ -457,7 +508,7 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
             if progress and (n % 10 == 0 or n == 1):
                 print(f"  EM iteration {n:4d}: log-likelihood {float(st.loglik):.8g}  (rel. change {float(st.rel_change):.2e})",
                       file=sys.stderr, flush=True)
-            if float(st.rel_change) < tol:
+            if float(st.rel_change) < tol and n > prob.anneal:
                 break
         total, peaks, bkg = _compiled(prob, "model", lambda: jax.jit(
             lambda s, x, dx, b: model_counts(prob, s, x, dx, b)))(st, xj, dx, basis)
@@ -487,9 +538,46 @@ def _n_params(prob: EMProblem) -> int:
             + int(prob.refine_zero) + prob.n_background)
 
 
+def _scan_lattice(prob, st, net, x):
+    """Scale the phases' cell lengths by factors (1 + s), s on a grid in ±search, that maximise
+    Σ_k w_k net(2θ_k(s)) over each phase's reflections (w: model intensities, normalised per
+    phase); pure JAX. Greedy over phases, strongest match first; the points within a FWHM of
+    a placed phase's peaks are taken out of ``net`` before the next phase is scanned, so a minor
+    phase does not lock onto a major phase's peaks."""
+    if prob.search == 0 or prob.calc0 is None:
+        return st
+    n_ph = len(prob.phases)
+    s_grid = jnp.linspace(-prob.search, prob.search, prob.search_steps)
+    c1 = positions(prob, st.lattice, st.zero)[0] - st.zero  # (K,) Kα1 positions at s = 0
+    sin0 = jnp.sin(jnp.deg2rad(c1 / 2))
+    # d → d(1+s): sin θ → sin θ / (1+s)
+    pos = 2 * RAD * jnp.arcsin(jnp.clip(sin0[None, :] / (1 + s_grid[:, None]), 0, 1 - 1e-12)) + st.zero  # (S, K)
+    onehot = jnp.asarray(np.eye(n_ph)[prob.comp_phase].T)  # (P, K)
+    w = jnp.asarray(prob.calc0)
+    half = 2.355 * jnp.asarray(prob.sigma0)  # a FWHM either side
+    placed = jnp.zeros(n_ph, bool)
+    scale = jnp.zeros(n_ph)
+    for _ in range(n_ph):
+        val = jnp.interp(pos, x, net, left=0.0, right=0.0) * w[None, :]  # (S, K)
+        score = val @ onehot.T  # (S, P)
+        best = jnp.max(score, axis=0)
+        p = jnp.argmax(jnp.where(placed, -jnp.inf, best))
+        s_p = s_grid[jnp.argmax(score[:, p])]
+        placed = placed.at[p].set(True)
+        scale = scale.at[p].set(s_p)
+        if n_ph > 1:
+            c_p = 2 * RAD * jnp.arcsin(jnp.clip(sin0 / (1 + s_p), 0, 1 - 1e-12)) + st.zero
+            near = (jnp.abs(x[None, :] - c_p[:, None]) < half[:, None]) & (onehot[p][:, None] > 0)
+            net = jnp.where(jnp.any(near, axis=0), 0.0, net)
+    lm = np.asarray(prob.lat_m)
+    length = jnp.asarray((np.abs(lm[:, :3, :]).sum(axis=1) > 0) & (np.asarray(prob.lat_free) > 0))  # (P, 6)
+    lattice = jnp.where(length, st.lattice * (1 + scale[:, None]), st.lattice)
+    return st._replace(lattice=lattice)
+
+
 def _initial_intensities(prob, st, y, x, dx, basis):
-    """Background from a clipped Chebyshev fit (lower envelope), intensities from the net counts
-    under each peak."""
+    """Background from a clipped Chebyshev fit (lower envelope), the isotropic-strain scan of
+    every phase's cell (:func:`_scan_lattice`), intensities from the net counts under each peak."""
     n = prob.n_background
     yb = y
     for _ in range(20):
@@ -497,6 +585,7 @@ def _initial_intensities(prob, st, y, x, dx, basis):
         fit = basis @ coef
         yb = jnp.minimum(y, fit)
     net = jnp.maximum(y - fit, 0.0)
+    st = _scan_lattice(prob, st, net, x)
     c = positions(prob, st.lattice, st.zero)[0]
     idx = jnp.clip(jnp.searchsorted(x, c), 0, x.shape[0] - 1)
     height = net[idx]
@@ -523,13 +612,17 @@ def _compiled_step(prob: EMProblem):
 
 
 def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100, n_background: int = 8,
-                    widths: str = "caglioti", refine_zero: bool = True, problem: tuple | None = None,
-                    chunk: int | None = 16):
+                    widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0, anneal: int = 0,
+                    anneal_factor: float = 8.0, problem: tuple | None = None, chunk: int | None = 16,
+                    track: bool = False):
     """Decompose many patterns on one grid with one compiled program (``vmap`` over patterns, a
     fixed number of EM iterations). Returns ``(problem, states)`` with a leading batch axis.
     ``problem=(problem, state0)`` reuses a set-up (and its compiled program). ``chunk``: patterns
     per vmapped call (the E-step holds lines × reflections × points per pattern; on a CPU a
-    200-pattern call needed 15 GB); ``None`` = all at once (accelerators)."""
+    200-pattern call needed 15 GB); ``None`` = all at once (accelerators). ``track=True`` (a
+    series in order): each chunk starts from the lattices and zero its predecessor reached on
+    its last pattern, so a cell that drifts by more than the capture range of one EM run (about
+    a FWHM at the highest angle) is followed; the first chunk starts from the given cells."""
     x = np.asarray(two_theta, np.float64)
     yb = np.asarray(y_batch, np.float64)
     if yb.ndim != 2 or yb.shape[1] != x.size:
@@ -538,7 +631,8 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         bad = np.flatnonzero(~np.all(np.isfinite(yb) & (yb >= 0), axis=1))
         raise DecompositionError(f"pattern(s) {bad.tolist()} contain NaN or negative values")
     prob, st0 = problem or build_problem(x, phases, instrument, n_background=n_background, widths=widths,
-                                         refine_zero=refine_zero)
+                                         refine_zero=refine_zero, search=search, anneal=anneal,
+                                         anneal_factor=anneal_factor)
     with jax.enable_x64(True):
         key = (id(prob), "batch", n_iter)
         if key not in _STEP_CACHE:
@@ -555,12 +649,16 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         n = yb.shape[0]
         size = n if not chunk else min(int(chunk), n)
         parts = []
+        start_state = st0
         for start in range(0, n, size):
             block = yb[start:start + size]
             pad = size - block.shape[0]
             if pad:  # same shape every call: one compilation
                 block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
-            out = fn(jnp.asarray(block), st0)
+            out = fn(jnp.asarray(block), start_state)
+            if track:
+                last = size - pad - 1
+                start_state = st0._replace(lattice=out.lattice[last], zero=out.zero[last])
             parts.append(jax.tree_util.tree_map(lambda a: a[: size - pad], out))
         states = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
     return prob, states
