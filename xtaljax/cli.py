@@ -331,7 +331,7 @@ def cmd_decompose(args) -> int:
             print(f"decomposing {Path(f).name} ({k + 1}/{len(args.patterns)}): {len(pat)} points", file=sys.stderr)
             d = decompose(pat.two_theta, pat.intensity, phases, inst, n_background=args.background,
                           max_iter=args.max_iter, widths=args.widths, refine_zero=not args.fix_zero, init=init,
-                          sigma=pat.sigma, search=args.search)
+                          sigma=pat.sigma, search=args.search, asymmetry=args.asymmetry)
             grid = pat.two_theta
             init = (d.problem, d.state)
             target = out if len(args.patterns) == 1 else out / f"{k:03d}_{Path(f).stem}"
@@ -419,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--widths", default="caglioti", choices=("caglioti", "free"))
     ep.add_argument("--fix-zero", action="store_true", help="keep the zero shift fixed")
     ep.add_argument("--max-iter", type=int, default=300)
+    ep.add_argument("--asymmetry", action="store_true",
+                    help="FCJ axial-divergence asymmetry in the components (S/L = H/L refined)")
     ep.add_argument("--search", type=float, default=0.0, metavar="STRAIN",
                     help="scan each phase's cell isotropically within ±STRAIN (e.g. 0.02) before the EM "
                          "(a CIF cell from another temperature or composition)")

@@ -1,4 +1,4 @@
-"""Writing decompositions: result.json, reflections.csv, fit.png; series.csv and series.png."""
+"""Writing decompositions: result.json, reflections.csv, fit.csv, fit.png; series.csv and series.png."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def decomposition_dict(d, instrument, source: str = "") -> dict:
                             "weight_fraction": "Hill-Howard from the extracted intensities vs m|F|^2 LP of the model",
                             "weight_fraction_lp_quick": "PyWPEM-style: sum(I/LP) per phase, normalised"},
             "zero": float(d.state.zero), "phases": phases, "n_iterations": d.n_iterations,
-            "loglik": float(d.state.loglik), "seconds": d.seconds, "widths": d.problem.widths}
+            "loglik": float(d.state.loglik), "seconds": d.seconds, "widths": d.problem.widths,
+            "asymmetry_sl_hl": float(d.state.asym) if d.problem.asymmetry else None}
 
 
 def write_decomposition(d, instrument, out_dir, source: str = "") -> list[Path]:
@@ -49,8 +50,11 @@ def write_decomposition(d, instrument, out_dir, source: str = "") -> list[Path]:
     res = decomposition_dict(d, instrument, source)
     title = f"WPEM: Rwp {res['rwp_wpem']:.2f} % (PyWPEM weights), Rp {res['rp']:.2f} %"
     _atomic(out / "fit.png", lambda p: plot_fit(d.problem.two_theta, d.y_obs, d.y_calc, p, ticks=ticks, title=title))
+    fit = np.column_stack([d.problem.two_theta, d.y_obs, d.y_calc, d.background, d.y_obs - d.y_calc])
+    _atomic(out / "fit.csv", lambda p: np.savetxt(p, fit, delimiter=",", fmt="%.8g",
+                                                  header="two_theta,y_obs,y_calc,background,difference", comments=""))
     _atomic(out / "result.json", lambda p: Path(p).write_text(json.dumps(res, indent=1)))
-    return [out / "result.json", out / "reflections.csv", out / "fit.png"]
+    return [out / "result.json", out / "reflections.csv", out / "fit.csv", out / "fit.png"]
 
 
 def write_series(results: list, out_dir) -> list[Path]:

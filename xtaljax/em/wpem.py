@@ -40,6 +40,7 @@ import numpy as np
 from jax import lax
 
 from ..core.lattice import lattice_from_parameters, reciprocal
+from ..core.profiles import fcj_shifts_weights
 from ..core.pattern import SimConfig, chebyshev_background, reflections_for, resolve_config
 from ..core.reflections import merge_equivalents
 
@@ -75,6 +76,7 @@ class EMState(NamedTuple):
     rel_change: jax.Array
     iteration: jax.Array
     lat_normal: jax.Array  # (Q, Q) Gauss–Newton normal matrix of the Bragg step (esd's)
+    asym: jax.Array  # () FCJ axial divergence S/L = H/L (0 with asymmetry off)
 
 
 @dataclasses.dataclass
@@ -109,6 +111,8 @@ class EMProblem:
     calc0: np.ndarray | None = None  # (K,) model m|F|²·LP per reflection, normalised per phase
     search: float = 0.0  # relative half-width of the starting isotropic-strain scan
     search_steps: int = 1
+    asymmetry: bool = False  # FCJ axial-divergence sub-components (S/L = H/L refined)
+    n_fcj: int = 6
     anneal: int = 0  # iterations over which the width floor decays from anneal_factor × (σ0, γ0)
     anneal_factor: float = 1.0
 
@@ -119,7 +123,7 @@ class EMProblem:
 
 def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
                   widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0, anneal: int = 0,
-                  anneal_factor: float = 8.0) -> tuple[EMProblem, EMState]:
+                  anneal_factor: float = 8.0, asymmetry: bool = False, n_fcj: int = 6) -> tuple[EMProblem, EMState]:
     """Host-side set-up: symmetrise the phases, enumerate and merge their reflections in range,
     initial state from the instrument's profile terms (intensities 1, background 0).
 
@@ -128,6 +132,11 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
     (the pattern sampled at the Kα1 positions, weighted by the phase's model intensities
     m|F|²·LP): a cell from a CIF at another temperature, or a drifted pattern of a series, starts
     within a fraction of a FWHM of its peaks. ``search=0`` keeps the given cells.
+
+    ``asymmetry``: every line of every reflection becomes ``n_fcj`` Finger–Cox–Jephcoat
+    sub-components (shifts and weights of the FCJ axial-divergence function, the same quadrature
+    as the simulator's), with S/L = H/L refined by a Newton step on the log-likelihood each
+    iteration, starting from the instrument's value (or 0.01).
 
     ``anneal``/``anneal_factor``: deterministic annealing of the profile widths. For the first
     ``anneal`` iterations every component is at least ``anneal_factor^(1 − i/anneal)`` times its
@@ -202,12 +211,14 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
             sel = prob.comp_phase == i
             calc0[sel] = calc0[sel] / max(calc0[sel].sum(), 1e-300)
         prob = dataclasses.replace(prob, sigma0=sig, gamma0=gam, anneal=int(anneal), anneal_factor=float(anneal_factor),
-                                   calc0=calc0, search=float(search), search_steps=steps)
+                                   calc0=calc0, search=float(search), search_steps=steps, asymmetry=bool(asymmetry),
+                                   n_fcj=int(n_fcj) if asymmetry else 1)
         state = EMState(lattice=jnp.asarray(np.stack(lat0)), zero=jnp.asarray(np.float64(float(inst.zero))),
                         intensity=jnp.ones(K), eta=jnp.full(K, 0.5), sigma=jnp.asarray(sig), gamma=jnp.asarray(gam),
                         background=jnp.zeros(n_background), loglik=jnp.asarray(-jnp.inf), rel_change=jnp.asarray(jnp.inf),
                         iteration=jnp.asarray(0, jnp.int32),
-                        lat_normal=jnp.zeros((int(prob.lat_free.sum()) + 1,) * 2))
+                        lat_normal=jnp.zeros((int(prob.lat_free.sum()) + 1,) * 2),
+                        asym=jnp.asarray(np.float64(_start_asym(inst) if asymmetry else 0.0)))
         return prob, state
 
 
@@ -225,23 +236,49 @@ def _cheb_basis(tt, n):
     return jnp.stack([chebyshev_background(tt, jnp.eye(n)[k]) for k in range(n)], 1)
 
 
-def _terms(prob: EMProblem, st: EMState, x):
-    """Per-point sub-component terms (counts): (L, K, N) Lorentzian and Gaussian parts."""
+def _start_asym(inst) -> float:
+    sl, hl = float(inst.asym_sl), float(inst.asym_hl)
+    return 0.5 * (sl + hl) if sl + hl > 0 else 0.01
+
+
+def _sub_components(prob: EMProblem, st: EMState):
+    """Centres (L, K), FCJ shifts (L, K, Q) and weights (L, K, Q) of every sub-component."""
     c = positions(prob, st.lattice, st.zero)  # (L, K)
-    d = x[None, None, :] - c[:, :, None]
-    r = jnp.asarray(prob.line_weights)[:, None, None]
-    amp = st.intensity[None, :, None] * r
-    lor = st.gamma[None, :, None] / (np.pi * (st.gamma[None, :, None] ** 2 + d * d))
-    gau = jnp.exp(-0.5 * (d / st.sigma[None, :, None]) ** 2) / (np.sqrt(2 * np.pi) * st.sigma[None, :, None])
-    return c, d, amp * st.eta[None, :, None] * lor, amp * (1 - st.eta[None, :, None]) * gau
+    if not prob.asymmetry:
+        return c, jnp.zeros(c.shape + (1,)), jnp.ones(c.shape + (1,))
+    a = jnp.maximum(st.asym, 1e-5)
+    sh, w = fcj_shifts_weights(c.ravel(), a, a, prob.n_fcj)
+    return c, sh.reshape(c.shape + (-1,)), w.reshape(c.shape + (-1,))
+
+
+def _terms(prob: EMProblem, st: EMState, x):
+    """Per-point sub-component terms (counts): (L, K, Q, N) Lorentzian and Gaussian parts of
+    every line l, reflection k and FCJ quadrature point q (Q = 1 without asymmetry)."""
+    c, sh, wq = _sub_components(prob, st)
+    d = x[None, None, None, :] - (c[:, :, None] + sh)[..., None]
+    r = jnp.asarray(prob.line_weights)[:, None, None, None]
+    amp = st.intensity[None, :, None, None] * r * wq[..., None]
+    g = st.gamma[None, :, None, None]
+    sg = st.sigma[None, :, None, None]
+    eta = st.eta[None, :, None, None]
+    lor = g / (np.pi * (g**2 + d * d))
+    gau = jnp.exp(-0.5 * (d / sg) ** 2) / (np.sqrt(2 * np.pi) * sg)
+    return (c, sh), d, amp * eta * lor, amp * (1 - eta) * gau
 
 
 def model_counts(prob: EMProblem, st: EMState, x, dx, basis):
     """(total, peaks, background) expected counts on the grid."""
     _, _, tl, tg = _terms(prob, st, x)
-    peaks = dx * jnp.sum(tl + tg, axis=(0, 1))
+    peaks = dx * jnp.sum(tl + tg, axis=(0, 1, 2))
     bkg = basis @ st.background
     return bkg + peaks, peaks, bkg
+
+
+def _loglik(y, total):
+    """Poisson log-likelihood (up to a constant); a non-positive mean (a background driven
+    below zero) counts as a mean of 1e-9, so such a state never looks better."""
+    mu = jnp.maximum(total, 1e-9)
+    return jnp.sum(y * jnp.log(mu) - mu)
 
 
 def _width_floor(prob: EMProblem, iteration):
@@ -257,14 +294,14 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     """One EM iteration (E-step, M-step, Bragg step, background); pure JAX."""
     fs, fg = _width_floor(prob, st.iteration)
     st = st._replace(sigma=jnp.maximum(st.sigma, fs), gamma=jnp.maximum(st.gamma, fg))
-    c, d, tl, tg = _terms(prob, st, x)
+    (c, sh), d, tl, tg = _terms(prob, st, x)
     bkg = basis @ st.background
-    mu = jnp.maximum(bkg + dx * jnp.sum(tl + tg, axis=(0, 1)), 1e-9)
+    mu = jnp.maximum(bkg + dx * jnp.sum(tl + tg, axis=(0, 1, 2)), 1e-9)
     yw = y / mu * dx  # y_j / μ_j × Δx_j: responsibility weight per unit of term
-    wl = tl * yw[None, None, :]  # expected counts of each Lorentzian sub-component per point
-    wg = tg * yw[None, None, :]
-    n_l = jnp.sum(wl, axis=(0, 2))  # (K,)
-    n_g = jnp.sum(wg, axis=(0, 2))
+    wl = tl * yw[None, None, None, :]  # expected counts of each Lorentzian sub-component per point
+    wg = tg * yw[None, None, None, :]
+    n_l = jnp.sum(wl, axis=(0, 2, 3))  # (K,)
+    n_g = jnp.sum(wg, axis=(0, 2, 3))
     rsum = jnp.sum(jnp.asarray(prob.line_weights))
     # integrated intensity: Poisson-mixture M-step (with the part of each profile outside the grid)
     cover = _coverage(st, c, x)  # (K,) fraction of the profile inside the grid
@@ -272,30 +309,96 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     eta = jnp.clip(n_l / jnp.maximum(n_l + n_g, 1e-300), 1e-3, 1 - 1e-3)
     # widths: Gaussian second moments; Cauchy by the scale-mixture EM
     d2 = d * d
-    var_g = jnp.sum(wg * d2, axis=(0, 2)) / jnp.maximum(n_g, 1e-300)
-    u = 2.0 * st.gamma[None, :, None] ** 2 / (st.gamma[None, :, None] ** 2 + d2)
-    gam2 = jnp.sum(wl * u * d2, axis=(0, 2)) / jnp.maximum(n_l, 1e-300)
+    var_g = jnp.sum(wg * d2, axis=(0, 2, 3)) / jnp.maximum(n_g, 1e-300)
+    u = 2.0 * st.gamma[None, :, None, None] ** 2 / (st.gamma[None, :, None, None] ** 2 + d2)
+    gam2 = jnp.sum(wl * u * d2, axis=(0, 2, 3)) / jnp.maximum(n_l, 1e-300)
     sigma, gamma = _widths(prob, c[0], var_g, gam2, n_g, n_l, st, jnp.mean(dx))
     fs, fg = _width_floor(prob, st.iteration + 1)
     sigma, gamma = jnp.maximum(sigma, fs), jnp.maximum(gamma, fg)
-    # Bragg step: conditional means and their precisions per sub-component
-    m_l = jnp.sum(wl * u * x[None, None, :], axis=2) / jnp.maximum(jnp.sum(wl * u, axis=2), 1e-300)
-    p_l = jnp.sum(wl * u, axis=2) / gamma[None, :] ** 2
-    m_g = jnp.sum(wg * x[None, None, :], axis=2) / jnp.maximum(jnp.sum(wg, axis=2), 1e-300)
-    p_g = jnp.sum(wg, axis=2) / sigma[None, :] ** 2
+    # Bragg step: conditional means (less each sub-component's FCJ shift) and their precisions
+    xb = x[None, None, None, :]
+    m_l = jnp.sum(wl * u * xb, axis=3) / jnp.maximum(jnp.sum(wl * u, axis=3), 1e-300) - sh
+    p_l = jnp.sum(wl * u, axis=3) / gamma[None, :, None] ** 2
+    m_g = jnp.sum(wg * xb, axis=3) / jnp.maximum(jnp.sum(wg, axis=3), 1e-300) - sh
+    p_g = jnp.sum(wg, axis=3) / sigma[None, :, None] ** 2
     lattice, zero, normal = _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps)
     # background: weighted least squares of (y − peaks), weights 1/max(y, 1)
     new = st._replace(intensity=intensity, eta=eta, sigma=sigma, gamma=gamma, lattice=lattice, zero=zero)
+    if prob.asymmetry:
+        new = new._replace(asym=_asym_step(prob, new, y, x, dx, basis))
     _, peaks, _ = model_counts(prob, new, x, dx, basis)
     w = 1.0 / jnp.maximum(y, 1.0)
     a = basis.T @ (basis * w[:, None])
     coef = jnp.linalg.solve(a + 1e-12 * jnp.trace(a) * jnp.eye(a.shape[0]), basis.T @ (w * (y - peaks)))
     new = new._replace(background=coef)
     total, _, _ = model_counts(prob, new, x, dx, basis)
-    ll = jnp.sum(y * jnp.log(jnp.maximum(total, 1e-9)) - total)
+    ll = _loglik(y, total)
     rel = jnp.abs(ll - st.loglik) / jnp.maximum(jnp.abs(ll), 1e-300)
     return new._replace(loglik=ll, rel_change=jnp.where(jnp.isfinite(st.loglik), rel, jnp.inf),
                         iteration=st.iteration + 1, lat_normal=normal)
+
+
+_POSITIVE = ("intensity", "sigma", "gamma", "asym")
+
+
+def _to_vector(st: EMState) -> dict:
+    """The profile variables of one EM iteration in unconstrained coordinates (the lattice and
+    zero are left to the Gauss–Newton Bragg step: extrapolating them can jump a cell into
+    another basin)."""
+    v = {k: jnp.log(jnp.maximum(getattr(st, k), 1e-300)) for k in _POSITIVE}
+    e = jnp.clip(st.eta, 1e-9, 1 - 1e-9)
+    v.update(eta=jnp.log(e / (1 - e)), background=st.background)
+    return v
+
+
+def _from_vector(st: EMState, v: dict) -> EMState:
+    upd = {k: jnp.exp(v[k]) for k in _POSITIVE}
+    upd.update(eta=jax.nn.sigmoid(v["eta"]), background=v["background"])
+    return st._replace(**upd)
+
+
+def squarem_step(prob: EMProblem, st: EMState, y, x, dx, basis) -> EMState:
+    """Three EM evaluations combined by SQUAREM (Varadhan & Roland 2008, scheme S3): from
+    θ0, θ1 = F(θ0), θ2 = F(θ1), r = θ1 − θ0, v = θ2 − θ1 − r, α = −‖r‖/‖v‖ (≤ −1), the
+    extrapolated θ0 − 2αr + α²v of the profile variables (intensities, η, widths, asymmetry in
+    log/logit coordinates; background), with θ2's lattice and zero, is passed through one more
+    EM step; if that is worse than θ2 (or not finite),
+    θ2's successor F(θ2) is kept instead, so the log-likelihood never decreases. Pure JAX."""
+    s1 = em_step(prob, st, y, x, dx, basis)
+    s2 = em_step(prob, s1, y, x, dx, basis)
+    t0, t1, t2 = _to_vector(st), _to_vector(s1), _to_vector(s2)
+    r = jax.tree_util.tree_map(lambda a, b: b - a, t0, t1)
+    v = jax.tree_util.tree_map(lambda a, b, c: c - 2 * b + a, t0, t1, t2)
+    sq = lambda tree: sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(tree))  # noqa: E731
+    alpha = jnp.minimum(-jnp.sqrt(sq(r)) / jnp.maximum(jnp.sqrt(sq(v)), 1e-300), -1.0)
+    alpha = jnp.maximum(alpha, -50.0)
+    ext = jax.tree_util.tree_map(lambda a, b, c: a - 2 * alpha * b + alpha**2 * c, t0, r, v)
+    s_ext = _from_vector(s2, ext)
+    ok_ext = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(ext)]))
+    cand = em_step(prob, jax.tree_util.tree_map(lambda e, b: jnp.where(ok_ext, e, b), s_ext, s2), y, x, dx, basis)
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(
+        (cand.lattice, cand.zero, cand.intensity, cand.sigma, cand.gamma, cand.eta, cand.background, cand.asym))]))
+    good = ok_ext & finite & jnp.isfinite(cand.loglik) & (cand.loglik >= s2.loglik)
+    out = lax.cond(good, lambda: cand, lambda: em_step(prob, s2, y, x, dx, basis))
+    rel = jnp.abs(out.loglik - st.loglik) / jnp.maximum(jnp.abs(out.loglik), 1e-300)
+    return out._replace(rel_change=jnp.where(jnp.isfinite(st.loglik), rel, jnp.inf),
+                        iteration=st.iteration + jnp.where(good, 3, 4).astype(st.iteration.dtype))
+
+
+def _asym_step(prob, st, y, x, dx, basis):
+    """Newton step on the Poisson log-likelihood in S/L = H/L (the other parameters fixed; the
+    gradient of the observed log-likelihood, so the EM ascent property is kept by the damping:
+    at most ×2 or ÷2 per iteration, within [1e-4, 0.1])."""
+
+    def ll(a):
+        total, _, _ = model_counts(prob, st._replace(asym=a), x, dx, basis)
+        return _loglik(y, total)
+
+    a0 = st.asym
+    g, h = jax.jvp(jax.grad(ll), (a0,), (jnp.ones_like(a0),))
+    newton = a0 - g / jnp.where(h < 0, h, -1.0)
+    step = jnp.where(h < 0, newton, a0 * jnp.where(g > 0, 2.0, 0.5))
+    return jnp.clip(step, jnp.maximum(0.5 * a0, 1e-4), jnp.minimum(2.0 * a0, 0.1))
 
 
 def _coverage(st, c, x):
@@ -349,8 +452,9 @@ def _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps):
 
     def resid(th):
         lat, z = unpack(th)
-        c = positions(prob, lat, z)
-        return (jnp.concatenate([c.ravel(), c.ravel()]) - m) * jnp.sqrt(p)
+        c = jnp.broadcast_to(positions(prob, lat, z)[..., None], m_l.shape).ravel()  # (L, K, Q)
+        return (jnp.concatenate([c, c]) - m) * jnp.sqrt(p)
+
 
     normal = jnp.zeros((q_lat + 1,) * 2)
     for _ in range(gn_steps):
@@ -470,13 +574,15 @@ def _stats(y, yc, sigma, n_params=0):
 
 
 def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_background: int = 8,
-              max_iter: int = 200, tol: float = 1e-7, widths: str = "caglioti", refine_zero: bool = True,
-              search: float = 0.0, anneal: int = 0, anneal_factor: float = 8.0, init: tuple | None = None,
-              problem: tuple | None = None,
+              max_iter: int = 400, tol: float = 1e-9, widths: str = "caglioti", refine_zero: bool = True,
+              search: float = 0.0, anneal: int = 0, anneal_factor: float = 8.0, asymmetry: bool = False,
+              accelerate: bool = True, init: tuple | None = None, problem: tuple | None = None,
               progress: bool = True) -> Decomposition:
     """Decompose one pattern. ``init=(problem, state)`` warm-starts from a previous result (a
     series); ``problem=(problem, state0)`` from :func:`build_problem` reuses the set-up and the
-    compiled step (a fresh start)."""
+    compiled step (a fresh start). ``accelerate``: SQUAREM extrapolation of the EM fixed point
+    (:func:`squarem_step`); ``max_iter`` counts EM evaluations either way. Stops when the
+    relative change of the log-likelihood over one (accelerated) step is below ``tol``."""
     t0 = time.perf_counter()
     y = np.asarray(y_obs, np.float64)
     x = np.asarray(two_theta, np.float64)
@@ -489,7 +595,7 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
                                  "(add the subtracted background back, or shift the pattern)")
     if init is None and problem is None:
         prob, st = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero,
-                                 search=search, anneal=anneal, anneal_factor=anneal_factor)
+                                 search=search, anneal=anneal, anneal_factor=anneal_factor, asymmetry=asymmetry)
     else:
         prob, st = init if init is not None else problem
         if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
@@ -502,11 +608,18 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
             st = _compiled(prob, "init", lambda: jax.jit(
                 lambda s, y, x, dx, b: _initial_intensities(prob, s, y, x, dx, b)))(st, yj, xj, dx, basis)
         step = _compiled_step(prob)
-        n = 0
-        for n in range(1, max_iter + 1):
-            st = step(st, yj, xj, dx, basis)
-            if progress and (n % 10 == 0 or n == 1):
-                print(f"  EM iteration {n:4d}: log-likelihood {float(st.loglik):.8g}  (rel. change {float(st.rel_change):.2e})",
+        fast = _compiled(prob, "squarem", lambda: jax.jit(
+            lambda s, y, x, dx, b: squarem_step(prob, s, y, x, dx, b)))
+        n, shown, it0 = 0, 0, int(st.iteration)
+        while n < max_iter:
+            if accelerate and n >= prob.anneal and max_iter - n >= 4:
+                st = fast(st, yj, xj, dx, basis)
+            else:
+                st = step(st, yj, xj, dx, basis)
+            n = int(st.iteration) - it0
+            if progress and (n >= shown + 10 or shown == 0):
+                shown = n
+                print(f"  EM iteration {n:4d}: log-likelihood {float(st.loglik):.10g}  (rel. change {float(st.rel_change):.2e})",
                       file=sys.stderr, flush=True)
             if float(st.rel_change) < tol and n > prob.anneal:
                 break
@@ -535,7 +648,7 @@ def pywpem_subset_factors(y, yc, background, fraction: float = 0.05) -> dict:
 def _n_params(prob: EMProblem) -> int:
     per_refl = 2 if prob.widths == "caglioti" else 4  # I, η (+ σ, γ when free)
     return (per_refl * prob.n_reflections + (5 if prob.widths == "caglioti" else 0) + int(prob.lat_free.sum())
-            + int(prob.refine_zero) + prob.n_background)
+            + int(prob.refine_zero) + prob.n_background + int(prob.asymmetry))
 
 
 def _scan_lattice(prob, st, net, x):
@@ -613,7 +726,7 @@ def _compiled_step(prob: EMProblem):
 
 def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100, n_background: int = 8,
                     widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0, anneal: int = 0,
-                    anneal_factor: float = 8.0, problem: tuple | None = None, chunk: int | None = 16,
+                    anneal_factor: float = 8.0, asymmetry: bool = False, problem: tuple | None = None, chunk: int | None = 16,
                     track: bool = False):
     """Decompose many patterns on one grid with one compiled program (``vmap`` over patterns, a
     fixed number of EM iterations). Returns ``(problem, states)`` with a leading batch axis.
@@ -632,7 +745,7 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         raise DecompositionError(f"pattern(s) {bad.tolist()} contain NaN or negative values")
     prob, st0 = problem or build_problem(x, phases, instrument, n_background=n_background, widths=widths,
                                          refine_zero=refine_zero, search=search, anneal=anneal,
-                                         anneal_factor=anneal_factor)
+                                         anneal_factor=anneal_factor, asymmetry=asymmetry)
     with jax.enable_x64(True):
         key = (id(prob), "batch", n_iter)
         if key not in _STEP_CACHE:
