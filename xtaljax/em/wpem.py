@@ -111,6 +111,7 @@ class EMProblem:
     calc0: np.ndarray | None = None  # (K,) model m|F|²·LP per reflection, normalised per phase
     search: float = 0.0  # relative half-width of the starting isotropic-strain scan
     search_steps: int = 1
+    window: int = 0  # points per reflection window (the E-step works on windows); 0 = whole grid
     asymmetry: bool = False  # FCJ axial-divergence sub-components (S/L = H/L refined)
     n_fcj: int = 6
     anneal: int = 0  # iterations over which the width floor decays from anneal_factor × (σ0, γ0)
@@ -123,7 +124,8 @@ class EMProblem:
 
 def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
                   widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0, anneal: int = 0,
-                  anneal_factor: float = 8.0, asymmetry: bool = False, n_fcj: int = 6) -> tuple[EMProblem, EMState]:
+                  anneal_factor: float = 8.0, asymmetry: bool = False, n_fcj: int = 6,
+                  window_fwhm: float = 0.0) -> tuple[EMProblem, EMState]:
     """Host-side set-up: symmetrise the phases, enumerate and merge their reflections in range,
     initial state from the instrument's profile terms (intensities 1, background 0).
 
@@ -132,6 +134,14 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
     (the pattern sampled at the Kα1 positions, weighted by the phase's model intensities
     m|F|²·LP): a cell from a CIF at another temperature, or a drifted pattern of a series, starts
     within a fraction of a FWHM of its peaks. ``search=0`` keeps the given cells.
+
+    ``window_fwhm``: each reflection's components live on a window of grid points spanning its
+    Kα1 and Kα2 peaks ± ``window_fwhm`` starting FWHM (×1.5 for changes during the fit; the
+    window follows the peak); the intensities are corrected for the profile area outside the
+    window. The E-step then costs lines × reflections × window instead of × all points (what
+    makes patterns with thousands of reflections possible). ``0`` (default) = every point for
+    every peak: on Mn2O3 (lab, heavy Lorentzian tails) ±30 FWHM windows gave Rwp 3.45 % against
+    3.12 % dense — the truncated tails of 110 peaks add up.
 
     ``asymmetry``: every line of every reflection becomes ``n_fcj`` Finger–Cox–Jephcoat
     sub-components (shifts and weights of the FCJ axial-divergence function, the same quadrature
@@ -210,6 +220,16 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
         for i in range(len(out)):
             sel = prob.comp_phase == i
             calc0[sel] = calc0[sel] / max(calc0[sel].sum(), 1e-300)
+        n_pts = tt.size
+        if window_fwhm > 0:
+            fw = 2.355 * sig + 2 * gam
+            lines = np.asarray(positions(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero))))
+            span = (lines.max(axis=0) - lines.min(axis=0)) + 2 * window_fwhm * fw
+            step = float(np.median(np.diff(tt)))
+            win = int(min(np.ceil(1.5 * span.max() / step) + 8, n_pts))
+        else:
+            win = n_pts
+        prob = dataclasses.replace(prob, window=win)
         prob = dataclasses.replace(prob, sigma0=sig, gamma0=gam, anneal=int(anneal), anneal_factor=float(anneal_factor),
                                    calc0=calc0, search=float(search), search_steps=steps, asymmetry=bool(asymmetry),
                                    n_fcj=int(n_fcj) if asymmetry else 1)
@@ -251,11 +271,22 @@ def _sub_components(prob: EMProblem, st: EMState):
     return c, sh.reshape(c.shape + (-1,)), w.reshape(c.shape + (-1,))
 
 
+def _windows(prob: EMProblem, c, x):
+    """(K, M) grid indices of every reflection's window, centred between its lines."""
+    n, m = x.shape[0], min(prob.window or x.shape[0], x.shape[0])
+    mid = 0.5 * (jnp.min(c, axis=0) + jnp.max(c, axis=0))
+    start = jnp.clip(jnp.searchsorted(x, mid).astype(jnp.int32) - m // 2, 0, n - m)
+    return start[:, None] + jnp.arange(m, dtype=jnp.int32)[None, :]
+
+
 def _terms(prob: EMProblem, st: EMState, x):
-    """Per-point sub-component terms (counts): (L, K, Q, N) Lorentzian and Gaussian parts of
-    every line l, reflection k and FCJ quadrature point q (Q = 1 without asymmetry)."""
+    """Sub-component terms (counts per degree) on each reflection's window: (L, K, Q, M)
+    Lorentzian and Gaussian parts of every line l, reflection k and FCJ quadrature point q
+    (Q = 1 without asymmetry), and the (K, M) window indices."""
     c, sh, wq = _sub_components(prob, st)
-    d = x[None, None, None, :] - (c[:, :, None] + sh)[..., None]
+    idx = _windows(prob, c, x)
+    xw = x[idx]  # (K, M)
+    d = xw[None, :, None, :] - (c[:, :, None] + sh)[..., None]
     r = jnp.asarray(prob.line_weights)[:, None, None, None]
     amp = st.intensity[None, :, None, None] * r * wq[..., None]
     g = st.gamma[None, :, None, None]
@@ -263,13 +294,18 @@ def _terms(prob: EMProblem, st: EMState, x):
     eta = st.eta[None, :, None, None]
     lor = g / (np.pi * (g**2 + d * d))
     gau = jnp.exp(-0.5 * (d / sg) ** 2) / (np.sqrt(2 * np.pi) * sg)
-    return (c, sh), d, amp * eta * lor, amp * (1 - eta) * gau
+    return (c, sh, idx), d, amp * eta * lor, amp * (1 - eta) * gau
+
+
+def _to_grid(idx, per_window, n):
+    """Sum (K, M) window values onto the (N,) grid."""
+    return jnp.zeros(n, per_window.dtype).at[idx.ravel()].add(per_window.ravel())
 
 
 def model_counts(prob: EMProblem, st: EMState, x, dx, basis):
     """(total, peaks, background) expected counts on the grid."""
-    _, _, tl, tg = _terms(prob, st, x)
-    peaks = dx * jnp.sum(tl + tg, axis=(0, 1, 2))
+    (_, _, idx), _, tl, tg = _terms(prob, st, x)
+    peaks = dx * _to_grid(idx, jnp.sum(tl + tg, axis=(0, 2)), x.shape[0])
     bkg = basis @ st.background
     return bkg + peaks, peaks, bkg
 
@@ -294,17 +330,20 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     """One EM iteration (E-step, M-step, Bragg step, background); pure JAX."""
     fs, fg = _width_floor(prob, st.iteration)
     st = st._replace(sigma=jnp.maximum(st.sigma, fs), gamma=jnp.maximum(st.gamma, fg))
-    (c, sh), d, tl, tg = _terms(prob, st, x)
-    bkg = basis @ st.background
-    mu = jnp.maximum(bkg + dx * jnp.sum(tl + tg, axis=(0, 1, 2)), 1e-9)
-    yw = y / mu * dx  # y_j / μ_j × Δx_j: responsibility weight per unit of term
-    wl = tl * yw[None, None, None, :]  # expected counts of each Lorentzian sub-component per point
-    wg = tg * yw[None, None, None, :]
+    (c, sh, idx), d, tl, tg = _terms(prob, st, x)
+    # a background polynomial below zero somewhere would make a responsibility exceed 1 (and the
+    # intensities run away): the E-step sees the background clipped at 0
+    bkg = jnp.maximum(basis @ st.background, 0.0)
+    mu = jnp.maximum(bkg + dx * _to_grid(idx, jnp.sum(tl + tg, axis=(0, 2)), x.shape[0]), 1e-9)
+    yw = (y / mu * dx)[idx]  # (K, M) y_j / μ_j × Δx_j: responsibility weight per unit of term
+    wl = tl * yw[None, :, None, :]  # expected counts of each Lorentzian sub-component per point
+    wg = tg * yw[None, :, None, :]
     n_l = jnp.sum(wl, axis=(0, 2, 3))  # (K,)
     n_g = jnp.sum(wg, axis=(0, 2, 3))
     rsum = jnp.sum(jnp.asarray(prob.line_weights))
     # integrated intensity: Poisson-mixture M-step (with the part of each profile outside the grid)
-    cover = _coverage(st, c, x)  # (K,) fraction of the profile inside the grid
+    xw = x[idx]
+    cover = _coverage(st, c, xw[:, 0], xw[:, -1])  # (K,) fraction of the profile inside the window
     intensity = (n_l + n_g) / (rsum * jnp.maximum(cover, 0.5))
     eta = jnp.clip(n_l / jnp.maximum(n_l + n_g, 1e-300), 1e-3, 1 - 1e-3)
     # widths: Gaussian second moments; Cauchy by the scale-mixture EM
@@ -316,7 +355,7 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     fs, fg = _width_floor(prob, st.iteration + 1)
     sigma, gamma = jnp.maximum(sigma, fs), jnp.maximum(gamma, fg)
     # Bragg step: conditional means (less each sub-component's FCJ shift) and their precisions
-    xb = x[None, None, None, :]
+    xb = xw[None, :, None, :]
     m_l = jnp.sum(wl * u * xb, axis=3) / jnp.maximum(jnp.sum(wl * u, axis=3), 1e-300) - sh
     p_l = jnp.sum(wl * u, axis=3) / gamma[None, :, None] ** 2
     m_g = jnp.sum(wg * xb, axis=3) / jnp.maximum(jnp.sum(wg, axis=3), 1e-300) - sh
@@ -401,9 +440,9 @@ def _asym_step(prob, st, y, x, dx, basis):
     return jnp.clip(step, jnp.maximum(0.5 * a0, 1e-4), jnp.minimum(2.0 * a0, 0.1))
 
 
-def _coverage(st, c, x):
-    """Share of each reflection's (Kα1) profile inside [x0, x_end] (peaks cut by the range ends)."""
-    lo, hi = x[0], x[-1]
+def _coverage(st, c, lo, hi):
+    """Share of each reflection's (Kα1) profile inside its window [lo, hi] (the window, or the
+    ends of the range, cut the tails)."""
 
     def cdf_l(z, g):
         return 0.5 + jnp.arctan(z / g) / np.pi
@@ -455,7 +494,9 @@ def _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps):
         c = jnp.broadcast_to(positions(prob, lat, z)[..., None], m_l.shape).ravel()  # (L, K, Q)
         return (jnp.concatenate([c, c]) - m) * jnp.sqrt(p)
 
-
+    # trust region: no Kα1 centre moves by more than the smallest starting FWHM per step (a
+    # Gauss–Newton step from weak, far-off responsibilities can otherwise throw the cell away)
+    limit = float(np.min(2.355 * prob.sigma0)) if prob.sigma0 is not None else np.inf
     normal = jnp.zeros((q_lat + 1,) * 2)
     for _ in range(gn_steps):
         r = resid(theta)
@@ -464,7 +505,9 @@ def _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps):
             jac = jac.at[:, q_lat].set(0.0)
         normal = jac.T @ jac
         a = normal + jnp.diag(jnp.where(jnp.diag(normal) > 0, 0.0, 1.0))
-        theta = theta - jnp.linalg.solve(a, jac.T @ r)
+        delta = jnp.linalg.solve(a, jac.T @ r)
+        moved = jnp.max(jnp.abs(positions(prob, *unpack(theta - delta))[0] - positions(prob, *unpack(theta))[0]))
+        theta = theta - delta * jnp.minimum(1.0, limit / jnp.maximum(moved, 1e-300))
     lat, z = unpack(theta)
     return lat, jnp.asarray(z), normal
 
