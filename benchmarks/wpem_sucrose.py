@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "patterns" / "sucrose_11bm"
 

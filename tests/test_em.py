@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-import jax
 import jax.numpy as jnp
 import xtaljax as xj
 from xtaljax.em import DecompositionError, build_problem, decompose
