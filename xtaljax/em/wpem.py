@@ -285,7 +285,7 @@ def _terms(prob: EMProblem, st: EMState, x):
     (Q = 1 without asymmetry), and the (K, M) window indices."""
     c, sh, wq = _sub_components(prob, st)
     idx = _windows(prob, c, x)
-    xw = x[idx]  # (K, M)
+    xw = _on_windows(idx, x)  # (K, M)
     d = xw[None, :, None, :] - (c[:, :, None] + sh)[..., None]
     r = jnp.asarray(prob.line_weights)[:, None, None, None]
     amp = st.intensity[None, :, None, None] * r * wq[..., None]
@@ -298,8 +298,17 @@ def _terms(prob: EMProblem, st: EMState, x):
 
 
 def _to_grid(idx, per_window, n):
-    """Sum (K, M) window values onto the (N,) grid."""
+    """Sum (K, M) window values onto the (N,) grid (a plain sum when every window is the grid)."""
+    if idx.shape[1] == n:
+        return jnp.sum(per_window, axis=0)
     return jnp.zeros(n, per_window.dtype).at[idx.ravel()].add(per_window.ravel())
+
+
+def _on_windows(idx, grid_values):
+    """(K, M) values of an (N,) grid array on every window."""
+    if idx.shape[1] == grid_values.shape[0]:
+        return jnp.broadcast_to(grid_values[None, :], idx.shape)
+    return grid_values[idx]
 
 
 def model_counts(prob: EMProblem, st: EMState, x, dx, basis):
@@ -335,14 +344,14 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     # intensities run away): the E-step sees the background clipped at 0
     bkg = jnp.maximum(basis @ st.background, 0.0)
     mu = jnp.maximum(bkg + dx * _to_grid(idx, jnp.sum(tl + tg, axis=(0, 2)), x.shape[0]), 1e-9)
-    yw = (y / mu * dx)[idx]  # (K, M) y_j / μ_j × Δx_j: responsibility weight per unit of term
+    yw = _on_windows(idx, y / mu * dx)  # (K, M) y_j / μ_j × Δx_j: responsibility weight per unit of term
     wl = tl * yw[None, :, None, :]  # expected counts of each Lorentzian sub-component per point
     wg = tg * yw[None, :, None, :]
     n_l = jnp.sum(wl, axis=(0, 2, 3))  # (K,)
     n_g = jnp.sum(wg, axis=(0, 2, 3))
     rsum = jnp.sum(jnp.asarray(prob.line_weights))
     # integrated intensity: Poisson-mixture M-step (with the part of each profile outside the grid)
-    xw = x[idx]
+    xw = _on_windows(idx, x)
     cover = _coverage(st, c, xw[:, 0], xw[:, -1])  # (K,) fraction of the profile inside the window
     intensity = (n_l + n_g) / (rsum * jnp.maximum(cover, 0.5))
     eta = jnp.clip(n_l / jnp.maximum(n_l + n_g, 1e-300), 1e-3, 1 - 1e-3)
@@ -370,7 +379,7 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     a = basis.T @ (basis * w[:, None])
     coef = jnp.linalg.solve(a + 1e-12 * jnp.trace(a) * jnp.eye(a.shape[0]), basis.T @ (w * (y - peaks)))
     new = new._replace(background=coef)
-    total, _, _ = model_counts(prob, new, x, dx, basis)
+    total = basis @ coef + peaks  # the peaks do not depend on the background
     ll = _loglik(y, total)
     rel = jnp.abs(ll - st.loglik) / jnp.maximum(jnp.abs(ll), 1e-300)
     return new._replace(loglik=ll, rel_change=jnp.where(jnp.isfinite(st.loglik), rel, jnp.inf),
