@@ -444,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--out", default="out/demo", help="output folder")
     dp.add_argument("--background-terms", type=int, default=6)
     dp.set_defaults(func=cmd_demo)
+    from .landscape.cli import add_parser as _landscape_parser
+
+    _landscape_parser(sub)
     return ap
 
 

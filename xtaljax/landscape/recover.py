@@ -1,0 +1,472 @@
+"""Gradient-descent recovery of distorted structures (optax Adam, vmapped over all starts).
+
+One structure is symmetrised (:func:`xtaljax.io.spacegroups.symmetrize`, spglib standard setting);
+its standardised cell is the **truth** and ``simulate(truth)`` the target pattern. Each distortion
+(:mod:`.distort`) of the truth is the start of one run in each parametrisation:
+
+* ``"free"``: P1 — every fractional coordinate of the standard cell plus the six cell parameters
+  (a, b, c, α, β, γ).
+* ``"family"``: P1 coordinates, lattice restricted to the true crystal family (the template's
+  ``lat_m``/``lat_k`` tables, :func:`xtaljax.core.symmetry.lattice_family_tables`); the start's
+  cell is projected onto the family (:func:`xtaljax.core.symmetry.project_lattice`, least squares).
+* ``"wyckoff"``: the full symmetry template: family lattice parameters and the free Wyckoff
+  coordinates u of each orbit (``x = R (x0 + B u) + t``); the start is the least-squares
+  projection of the distorted coordinates onto the template (all images of each orbit).
+
+All three are written as one map ``(template, q, u) → Crystal`` — the P1 cases use a trivial
+template (one orbit per site, basis I) — so every (parametrisation, metric, distortion) of one
+structure is one *lane* of a single ``vmap``-ed, jitted ``lax.scan`` of Adam steps; one compilation
+per structure shape. Lattice variables are preconditioned: the optimiser sees lengths relative to
+their starting value and angles in radians (``p = q · s``), coordinates are fractional, so one
+learning rate fits all.
+
+Optimiser: ``optax.adam`` with a cosine-decay schedule (to 5 % of ``lr``) for a fixed number of
+steps; non-finite gradient entries are zeroed. Every run keeps its **best iterate** (lowest loss
+seen), which is what is matched and whose distance to the truth is reported (``best_loss``,
+``dist_final``); the last iterate's loss is ``final_loss``. Runs whose cell left the enumerated
+reflections at any step are flagged in ``overflow`` (their patterns may miss peaks).
+
+Matching: pymatgen ``StructureMatcher(ltol, stol, angle_tol)`` (defaults ``ltol=0.2``,
+``stol=0.3``, ``angle_tol=5``: pymatgen's own defaults, also the usual CSP-benchmark values for
+"same structure") between the final and the true structure, and its ``get_rms_dist`` (RMS
+displacement normalised by (V/N)^(1/3), pymatgen's convention) for matched pairs. Also reported:
+the known-correspondence RMS displacement in Å (:func:`.distort.displacement_rms`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..core.crystal import Crystal
+from ..core.instrument import Instrument
+from ..core.lattice import lattice_from_parameters, lattice_parameters
+from ..core.pattern import SimConfig, reflections_for, resolve_config, simulate
+from ..core.symmetry import SymmetryParams, SymmetryTemplate, expand
+from .distort import DistortionSpec, displacement_rms, distort
+from .metrics import METRICS, get_metric
+
+PARAMETRISATIONS = ("free", "family", "wyckoff")
+DEFAULT_TWO_THETA = (10.0, 80.0, 0.05)  # start, stop (inclusive), step in degrees
+MATCHER_DEFAULTS = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0}
+
+
+def default_grid() -> np.ndarray:
+    a, b, s = DEFAULT_TWO_THETA
+    return np.round(np.arange(a, b + s / 2, s), 10)
+
+
+def default_instrument() -> Instrument:
+    """Cu Kα1 only, the generic lab profile of :meth:`Instrument.create` (FWHM ≈ 0.05–0.1°)."""
+    return Instrument.lab("Cu", kalpha2=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# the target structure
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A symmetrised true structure and everything the runs share (host objects and arrays)."""
+
+    name: str
+    template: SymmetryTemplate
+    params: SymmetryParams
+    info: object  # SymmetryInfo
+    crystal: Crystal  # standardised truth (expanded template)
+    structure: object  # pymatgen Structure of ``crystal``
+    instrument: Instrument
+    two_theta: np.ndarray
+    config: SimConfig
+    reflections: object
+    pattern: jax.Array
+
+    @property
+    def n_sites(self) -> int:
+        return int(np.asarray(self.crystal.mask).sum())
+
+
+def load_target(structure, *, name: str | None = None, space_group: int | None = None, two_theta=None,
+                instrument: Instrument | None = None, config: SimConfig | None = None, symprec: float = 0.01,
+                margin: float = 0.15) -> Target:
+    """Symmetrise ``structure`` (pymatgen ``Structure`` or CIF path) and simulate its pattern.
+
+    ``space_group``: the group the study must use; a ``ValueError`` if spglib finds another one
+    (e.g. asking for Fm-3m on a structure that is only P4/mmm). ``margin``: relative reflection
+    enumeration margin — runs whose cell strays further are flagged ``overflow``.
+    """
+    from ..io.spacegroups import symmetrize
+    from ..io.structures import load_structure, to_pymatgen
+
+    if not isinstance(structure, (str, bytes)) and not hasattr(structure, "__fspath__"):
+        label = name or getattr(structure, "formula", "structure")
+    else:
+        label = name or str(structure)
+        structure = load_structure(structure)
+    if space_group is not None and not 1 <= int(space_group) <= 230:
+        raise ValueError(f"space group must be in 1..230, got {space_group}")
+    template, params, info = symmetrize(structure, symprec=symprec, return_info=True)
+    if space_group is not None and int(space_group) != info.space_group:
+        raise ValueError(f"{label}: structure has space group {info.space_group} ({info.symbol}), "
+                         f"not the requested {int(space_group)}")
+    inst = instrument or default_instrument()
+    tt = default_grid() if two_theta is None else np.asarray(two_theta, np.float64)
+    crystal = jax.jit(expand)(template, params)
+    cfg = resolve_config(config, inst, tt)
+    refl = reflections_for(crystal, inst, tt, cfg, margin=margin)
+    y = simulate(crystal, inst, tt, refl, cfg)
+    return Target(name=label, template=template, params=params, info=info, crystal=crystal,
+                  structure=to_pymatgen(crystal), instrument=inst, two_theta=tt, config=cfg, reflections=refl,
+                  pattern=y)
+
+
+# ----------------------------------------------------------------------------------------------
+# lanes: (template, lattice scale, B, occupancy) per parametrisation, starts per distortion
+# ----------------------------------------------------------------------------------------------
+
+def _lattice_scale(lat_m, p0):
+    """Preconditioner s per free lattice parameter: |p0| for lengths, 180/π for angles."""
+    lat_m = np.asarray(lat_m)
+    s = np.ones(6)
+    for j in range(6):
+        rows = np.nonzero(np.abs(lat_m[:, j]) > 0)[0]
+        if rows.size == 0:
+            continue
+        s[j] = abs(p0[j]) if rows.max() <= 2 else 180.0 / math.pi
+        if s[j] == 0:
+            s[j] = 1.0
+    return s
+
+
+def _pad_rows(a, n):
+    a = np.asarray(a)
+    return np.concatenate([a, np.zeros((n - a.shape[0],) + a.shape[1:], a.dtype)]) if a.shape[0] < n else a
+
+
+def _lane_templates(target: Target):
+    """``{mode: (template, params_b_iso, params_occ)}`` with a common number of orbits (= sites)."""
+    t, p, c = target.template, target.params, target.crystal
+    n = c.frac.shape[0]
+    dt = c.frac.dtype
+    mask = np.asarray(c.mask)
+    eye = np.broadcast_to(np.eye(3), (n, 3, 3))
+    p1 = dict(x0=np.zeros((n, 3)), basis=eye, coord_free=np.repeat(mask[:, None], 3, 1),
+              species=np.asarray(c.species), site_orbit=np.arange(n, dtype=np.int32), site_rot=eye,
+              site_trans=np.zeros((n, 3)), site_mask=mask)
+    free_lat = dict(lat_m=np.eye(6), lat_k=np.zeros(6), lat_free=np.ones(6))
+    fam_lat = dict(lat_m=np.asarray(t.lat_m), lat_k=np.asarray(t.lat_k), lat_free=np.asarray(t.lat_free))
+    wy = dict(x0=_pad_rows(t.x0, n), basis=_pad_rows(t.basis, n), coord_free=_pad_rows(t.coord_free, n),
+              species=_pad_rows(t.species, n), site_orbit=np.asarray(t.site_orbit), site_rot=np.asarray(t.site_rot),
+              site_trans=np.asarray(t.site_trans), site_mask=np.asarray(t.site_mask))
+    if np.asarray(t.site_orbit).shape[0] != n:
+        raise AssertionError("template and expanded crystal disagree on the number of sites")
+
+    def mk(lat, sites):
+        arrs = {**lat, **sites}
+        return SymmetryTemplate(**{k: jnp.asarray(v, jnp.int32 if k in ("species", "site_orbit") else dt)
+                                   for k, v in arrs.items()}, space_group=jnp.asarray(int(t.space_group), jnp.int32))
+
+    b_p1, occ_p1 = np.asarray(c.b_iso), np.asarray(c.occupancy)
+    b_wy, occ_wy = _pad_rows(p.b_iso, n), _pad_rows(p.occupancy, n)
+    return {"free": (mk(free_lat, p1), b_p1, occ_p1), "family": (mk(fam_lat, p1), b_p1, occ_p1),
+            "wyckoff": (mk(fam_lat, wy), b_wy, occ_wy)}
+
+
+def _project_coords(template: SymmetryTemplate, frac, n_rows: int) -> np.ndarray:
+    """Least-squares free coordinates u (n_rows, 3) of the template closest to P1 ``frac``:
+    for every image n of orbit o, R_n B_o u_o ≈ wrap(x_n − R_n x0_o − t_n)."""
+    x0 = np.asarray(template.x0, np.float64)
+    basis = np.asarray(template.basis, np.float64)
+    free = np.asarray(template.coord_free, np.float64)
+    orb = np.asarray(template.site_orbit)
+    rot = np.asarray(template.site_rot, np.float64)
+    trans = np.asarray(template.site_trans, np.float64)
+    smask = np.asarray(template.site_mask) > 0
+    u = np.zeros((n_rows, 3))
+    for o in range(x0.shape[0]):
+        d = int(free[o].sum())
+        sel = np.nonzero(smask & (orb == o))[0]
+        if d == 0 or sel.size == 0:
+            continue
+        a_rows, b_rows = [], []
+        for s in sel:
+            r = rot[s]
+            resid = frac[s] - r @ x0[o] - trans[s]
+            a_rows.append(r @ basis[o][:, :d])
+            b_rows.append(resid - np.round(resid))
+        sol = np.linalg.lstsq(np.concatenate(a_rows), np.concatenate(b_rows), rcond=None)[0]
+        u[o, :d] = sol
+    return u
+
+
+def _six(lattice) -> np.ndarray:
+    return lattice_parameters(np.asarray(lattice, np.float64))
+
+
+def make_starts(target: Target, lattices, fracs):
+    """Per parametrisation: ``(q (n, 6), u (n, rows, 3), s (6,))`` starts from distorted
+    ``lattices (n, 3, 3)`` and ``fracs (n, sites, 3)`` (same site order as ``target.crystal``)."""
+    lanes = _lane_templates(target)
+    rows = target.crystal.frac.shape[0]
+    out = {}
+    six0 = _six(target.crystal.lattice)
+    for mode, (tpl, _, _) in lanes.items():
+        m = np.asarray(tpl.lat_m, np.float64) * np.asarray(tpl.lat_free, np.float64)[None, :]
+        k = np.asarray(tpl.lat_k, np.float64)
+        pinv = np.linalg.pinv(m)
+        s = _lattice_scale(m, pinv @ (six0 - k))
+        qs, us = [], []
+        for lat, frac in zip(lattices, fracs):
+            p = pinv @ (_six(lat) - k)  # free: the six parameters; family: projection
+            qs.append(p / s)
+            if mode == "wyckoff":
+                us.append(_project_coords(tpl, np.asarray(frac, np.float64), rows))
+            else:
+                us.append(np.asarray(frac, np.float64) * np.asarray(target.crystal.mask)[:, None])
+        out[mode] = (np.stack(qs), np.stack(us), s)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the vmapped optimiser
+# ----------------------------------------------------------------------------------------------
+
+def _crystal(template, q, u, s, b, occ):
+    return expand(template, SymmetryParams(lattice=q * s, coords=u, b_iso=b, occupancy=occ))
+
+
+@functools.lru_cache(maxsize=32)
+def _runner(metric_key: tuple, tt_key: bytes, config: SimConfig, steps: int, lr: float):
+    """Jitted ``run(lanes, q0, u0, inst, tt, refl, target_y) -> (q_last, u_last, q_best, u_best,
+    losses (L, steps + 1), best_loss (L,), overflow (L,))``; one compilation per shape."""
+    tt = np.frombuffer(tt_key, np.float64)
+    metrics = [get_metric(name, tt, **dict(opts)) for name, opts in metric_key]
+    import optax
+
+    opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
+
+    def lane_loss(q, u, lane, inst, tt_j, refl, y_t):
+        tpl, s, b, occ, midx = lane
+        crystal = _crystal(tpl, q, u, s, b, occ)
+        y, info = simulate(crystal, inst, tt_j, refl, config, return_info=True)
+        branches = [functools.partial(lambda m, yy: m.loss(yy, y_t), m) for m in metrics]
+        val = jax.lax.switch(midx, branches, y) if len(branches) > 1 else branches[0](y)
+        return val, info["overflow"]
+
+    def run_one(lane, q0, u0, inst, tt_j, refl, y_t):
+        vg = jax.value_and_grad(lambda qu: lane_loss(qu[0], qu[1], lane, inst, tt_j, refl, y_t), has_aux=True)
+        state0 = opt.init((q0, u0))
+        inf = jnp.asarray(jnp.inf, q0.dtype)
+
+        def step(carry, _):
+            qu, st, ovf, best, best_qu = carry
+            (val, o), g = vg(qu)
+            # best iterate so far (the value belongs to the parameters before this update)
+            better = val < best
+            best_qu = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), qu, best_qu)
+            best = jnp.where(better, val, best)
+            g = jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g)
+            upd, st = opt.update(g, st, qu)
+            return (optax.apply_updates(qu, upd), st, ovf | o, best, best_qu), val
+
+        init = ((q0, u0), state0, jnp.asarray(False), inf, (q0, u0))
+        (qu, _, ovf, best, best_qu), hist = jax.lax.scan(step, init, None, length=steps)
+        final, o = lane_loss(qu[0], qu[1], lane, inst, tt_j, refl, y_t)
+        better = final < best
+        best_qu = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), qu, best_qu)
+        best = jnp.where(better, final, best)
+        return qu[0], qu[1], best_qu[0], best_qu[1], jnp.concatenate([hist, final[None]]), best, ovf | o
+
+    return jax.jit(jax.vmap(run_one, in_axes=(0, 0, 0, None, None, None, None)))
+
+
+@dataclasses.dataclass
+class RecoveryResult:
+    """Arrays indexed ``[parametrisation, metric, distortion]`` (orders in ``modes``/``metrics``)."""
+
+    name: str
+    modes: tuple
+    metrics: tuple
+    start_loss: np.ndarray
+    final_loss: np.ndarray  # loss of the last iterate
+    best_loss: np.ndarray  # lowest loss seen (the iterate that is matched and reported)
+    loss_history: np.ndarray  # [..., steps + 1] (every step, then the final value)
+    start_matched: np.ndarray  # the start already matches the truth (StructureMatcher)
+    matched: np.ndarray  # the best iterate matches the truth
+    rms: np.ndarray  # StructureMatcher normalised RMS (NaN when not matched)
+    dist_start: np.ndarray  # known-correspondence RMS displacement to the truth, Å
+    dist_final: np.ndarray
+    overflow: np.ndarray
+    final_structures: list  # [mode][metric][distortion] pymatgen Structures
+    timings: dict
+
+    def summary(self) -> dict:
+        out = {}
+        for i, mode in enumerate(self.modes):
+            out[mode] = {}
+            for j, met in enumerate(self.metrics):
+                out[mode][met] = {"match_rate": float(self.matched[i, j].mean()),
+                                  "start_match_rate": float(self.start_matched[i, j].mean()),
+                                  "median_start_loss": float(np.median(self.start_loss[i, j])),
+                                  "median_final_loss": float(np.median(self.final_loss[i, j])),
+                                  "median_best_loss": float(np.median(self.best_loss[i, j])),
+                                  "improved_fraction": float(np.mean(self.final_loss[i, j] < self.start_loss[i, j])),
+                                  "median_dist_start": float(np.median(self.dist_start[i, j])),
+                                  "median_dist_final": float(np.median(self.dist_final[i, j])),
+                                  "overflow_fraction": float(self.overflow[i, j].mean())}
+        return out
+
+
+def recover(target: Target, n_distortions: int = 8, spec: DistortionSpec | None = None, *,
+            modes=PARAMETRISATIONS, metrics=("cosine", "mse", "entropy"), metric_options: dict | None = None,
+            steps: int = 500, lr: float = 0.005, seed: int = 0, matcher: dict | None = None,
+            keep_structures: bool = False) -> RecoveryResult:
+    """Distort ``target`` ``n_distortions`` times and run Adam for ``steps`` steps from every
+    start in every parametrisation of ``modes`` for every metric of ``metrics`` (one vmapped
+    call), then match each result to the truth.
+
+    ``metric_options``: keyword options for :func:`.metrics.get_metric` (``broaden_fwhm``,
+    ``gamma``, ``dtw_points``), the same for all metrics. Raises ``ValueError`` for ``steps < 1``,
+    unknown modes/metrics, or invalid distortion sigmas.
+    """
+    import time
+
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    modes, metrics = tuple(modes), tuple(metrics)
+    for m in modes:
+        if m not in PARAMETRISATIONS:
+            raise ValueError(f"unknown parametrisation {m!r}; choose from {', '.join(PARAMETRISATIONS)}")
+    if not modes or not metrics:
+        raise ValueError("need at least one parametrisation and one metric")
+    for m in metrics:
+        if m not in METRICS:
+            raise ValueError(f"unknown metric {m!r}; choose from {', '.join(METRICS)}")
+    spec = (spec or DistortionSpec()).validate()
+    timings = {}
+    t0 = time.perf_counter()
+    c = target.crystal
+    lats, fracs = distort(np.asarray(c.lattice), np.asarray(c.frac), n_distortions, spec, seed=seed,
+                          mask=np.asarray(c.mask))
+    starts = make_starts(target, lats, fracs)
+    lanes_t = _lane_templates(target)
+    dt = c.frac.dtype
+    # lanes ordered [mode, metric, distortion]
+    tpls, ss, bs, occs, midx, q0s, u0s = [], [], [], [], [], [], []
+    for mode in modes:
+        tpl, b, occ = lanes_t[mode]
+        q, u, s = starts[mode]
+        for j in range(len(metrics)):
+            for d in range(n_distortions):
+                tpls.append(tpl)
+                ss.append(s)
+                bs.append(b)
+                occs.append(occ)
+                midx.append(j)
+                q0s.append(q[d])
+                u0s.append(u[d])
+    stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+    lanes = (stack(tpls), jnp.asarray(np.stack(ss), dt), jnp.asarray(np.stack(bs), dt),
+             jnp.asarray(np.stack(occs), dt), jnp.asarray(midx, jnp.int32))
+    q0 = jnp.asarray(np.stack(q0s), dt)
+    u0 = jnp.asarray(np.stack(u0s), dt)
+    opts = tuple(sorted((metric_options or {}).items()))
+    metric_key = tuple((m, opts) for m in metrics)
+    run = _runner(metric_key, np.asarray(target.two_theta, np.float64).tobytes(), target.config, int(steps), float(lr))
+    tt_j = jnp.asarray(target.two_theta, dt)
+    timings["prepare_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    args = (lanes, q0, u0, target.instrument, tt_j, target.reflections, target.pattern)
+    compiled = run.lower(*args).compile()
+    timings["compile_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    q_last, u_last, q, u, hist, best, ovf = compiled(*args)
+    hist = np.asarray(jax.block_until_ready(hist))
+    best = np.asarray(best)
+    timings["optimise_s"] = time.perf_counter() - t1
+    timings["lanes"] = int(q0.shape[0])
+    timings["lane_steps_per_s"] = float(q0.shape[0] * steps / timings["optimise_s"])
+
+    t2 = time.perf_counter()
+    crystals = jax.jit(jax.vmap(_crystal))(lanes[0], q, u, lanes[1], lanes[2], lanes[3])
+    crystals0 = jax.jit(jax.vmap(_crystal))(lanes[0], q0, u0, lanes[1], lanes[2], lanes[3])
+    shape = (len(modes), len(metrics), n_distortions)
+    mres = match_all(crystals, target, matcher)
+    # starts do not depend on the metric: match those of the first metric of each mode
+    first = np.array([i * len(metrics) * n_distortions + d for i in range(len(modes)) for d in range(n_distortions)])
+    sres = match_all(jax.tree_util.tree_map(lambda x: x[first], crystals0), target, matcher)
+    start_matched = np.repeat(sres["matched"].reshape(len(modes), 1, n_distortions), len(metrics), axis=1)
+    lat_f, frac_f = np.asarray(crystals.lattice, np.float64), np.asarray(crystals.frac, np.float64)
+    lat_s, frac_s = np.asarray(crystals0.lattice, np.float64), np.asarray(crystals0.frac, np.float64)
+    mask = np.asarray(c.mask)
+    lat_t, frac_t = np.asarray(c.lattice, np.float64), np.asarray(c.frac, np.float64)
+    d_start = np.array([displacement_rms(lat_s[i], frac_s[i], lat_t, frac_t, mask) for i in range(len(q0s))])
+    d_final = np.array([displacement_rms(lat_f[i], frac_f[i], lat_t, frac_t, mask) for i in range(len(q0s))])
+    timings["match_s"] = time.perf_counter() - t2
+    structs = mres["structures"]
+    final_structures = None
+    if keep_structures:
+        final_structures = [[[structs[(i * len(metrics) + j) * n_distortions + d] for d in range(n_distortions)]
+                             for j in range(len(metrics))] for i in range(len(modes))]
+    return RecoveryResult(name=target.name, modes=modes, metrics=metrics, start_loss=hist[:, 0].reshape(shape),
+                          final_loss=hist[:, -1].reshape(shape), best_loss=best.reshape(shape),
+                          loss_history=hist.reshape(shape + (-1,)), start_matched=start_matched,
+                          matched=mres["matched"].reshape(shape), rms=mres["rms"].reshape(shape),
+                          dist_start=d_start.reshape(shape), dist_final=d_final.reshape(shape),
+                          overflow=np.asarray(ovf).reshape(shape), final_structures=final_structures,
+                          timings=timings)
+
+
+def match_all(crystals: Crystal, target: Target, matcher: dict | None = None) -> dict:
+    """StructureMatcher fit + normalised RMS of each crystal of a batch against the truth.
+    Returns ``{"matched" (B,) bool, "rms" (B,) float (NaN if no match), "structures"}``."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    kw = {**MATCHER_DEFAULTS, **(matcher or {})}
+    sm = StructureMatcher(**kw)
+    b = crystals.lattice.shape[0]
+    host = jax.tree_util.tree_map(lambda x: np.asarray(x), crystals)
+    matched = np.zeros(b, bool)
+    rms = np.full(b, np.nan)
+    structs = []
+    ref = _structure(jax.tree_util.tree_map(lambda x: np.asarray(x), target.crystal))
+    for i in range(b):
+        ci = jax.tree_util.tree_map(lambda x: x[i], host)
+        ok_cell = np.all(np.isfinite(ci.lattice)) and np.linalg.det(ci.lattice.astype(np.float64)) > 1e-6 \
+            and np.all(np.isfinite(ci.frac))
+        if not ok_cell:
+            structs.append(None)
+            continue
+        s = _structure(ci)
+        structs.append(s)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ok = bool(sm.fit(s, ref))
+            r = sm.get_rms_dist(s, ref) if ok else None
+        matched[i] = ok
+        if r is not None:
+            rms[i] = float(r[0])
+    return {"matched": matched, "rms": rms, "structures": structs}
+
+
+def _structure(crystal):
+    """pymatgen ``Structure`` of one host-side crystal for matching: one site per real row, the
+    element of its scatterer (ionic charges dropped), coordinates wrapped into [0, 1). Unlike
+    :func:`xtaljax.io.structures.to_pymatgen` it never merges rows, so atoms that an optimisation
+    pushed onto each other stay two sites (and such a structure simply fails to match)."""
+    from pymatgen.core import Lattice, Structure
+
+    from ..core.scattering import element_of
+
+    keep = np.asarray(crystal.mask) > 0
+    frac = np.mod(np.asarray(crystal.frac, np.float64)[keep], 1.0)
+    species = [element_of(int(z)) for z in np.asarray(crystal.species)[keep]]
+    return Structure(Lattice(np.asarray(crystal.lattice, np.float64)), species, frac)
