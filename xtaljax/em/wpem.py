@@ -114,8 +114,6 @@ class EMProblem:
     window: int = 0  # points per reflection window (the E-step works on windows); 0 = whole grid
     asymmetry: bool = False  # FCJ axial-divergence sub-components (S/L = H/L refined)
     n_fcj: int = 6
-    anneal: int = 0  # iterations over which the width floor decays from anneal_factor × (σ0, γ0)
-    anneal_factor: float = 1.0
 
     @property
     def n_reflections(self) -> int:
@@ -123,9 +121,8 @@ class EMProblem:
 
 
 def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
-                  widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0, anneal: int = 0,
-                  anneal_factor: float = 8.0, asymmetry: bool = False, n_fcj: int = 6,
-                  window_fwhm: float = 0.0) -> tuple[EMProblem, EMState]:
+                  widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0,
+                  asymmetry: bool = False, n_fcj: int = 6, window_fwhm: float = 0.0) -> tuple[EMProblem, EMState]:
     """Host-side set-up: symmetrise the phases, enumerate and merge their reflections in range,
     initial state from the instrument's profile terms (intensities 1, background 0).
 
@@ -146,13 +143,7 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
     ``asymmetry``: every line of every reflection becomes ``n_fcj`` Finger–Cox–Jephcoat
     sub-components (shifts and weights of the FCJ axial-divergence function, the same quadrature
     as the simulator's), with S/L = H/L refined by a Newton step on the log-likelihood each
-    iteration, starting from the instrument's value (or 0.01).
-
-    ``anneal``/``anneal_factor``: deterministic annealing of the profile widths. For the first
-    ``anneal`` iterations every component is at least ``anneal_factor^(1 − i/anneal)`` times its
-    instrumental width, so a peak several FWHM away from its starting Bragg position (a cell
-    that is off by a few 0.1 %, a drifted series) still pulls its component, and the lattice
-    follows; the floor then vanishes and the widths are the data's. ``anneal=0`` switches it off."""
+    iteration, starting from the instrument's value (or 0.01)."""
     from ..io.spacegroups import symmetrize
 
     tt = np.asarray(two_theta, np.float64)
@@ -164,8 +155,6 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
         raise DecompositionError("at least one phase is needed")
     if not 0.0 <= search < 0.2:
         raise DecompositionError(f"search is a relative strain in [0, 0.2), got {search}")
-    if anneal < 0 or anneal_factor < 1.0:
-        raise DecompositionError(f"anneal must be >= 0 and anneal_factor >= 1, got {anneal}, {anneal_factor}")
     with jax.enable_x64(True):
         inst = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64)
                                       if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, instrument)
@@ -230,7 +219,7 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
         else:
             win = n_pts
         prob = dataclasses.replace(prob, window=win)
-        prob = dataclasses.replace(prob, sigma0=sig, gamma0=gam, anneal=int(anneal), anneal_factor=float(anneal_factor),
+        prob = dataclasses.replace(prob, sigma0=sig, gamma0=gam,
                                    calc0=calc0, search=float(search), search_steps=steps, asymmetry=bool(asymmetry),
                                    n_fcj=int(n_fcj) if asymmetry else 1)
         state = EMState(lattice=jnp.asarray(np.stack(lat0)), zero=jnp.asarray(np.float64(float(inst.zero))),
@@ -326,19 +315,8 @@ def _loglik(y, total):
     return jnp.sum(y * jnp.log(mu) - mu)
 
 
-def _width_floor(prob: EMProblem, iteration):
-    """(σ, γ) floors of the annealing schedule at an iteration (zeros once it is over)."""
-    if not prob.anneal or prob.sigma0 is None:
-        return 0.0, 0.0
-    f = jnp.clip(1.0 - iteration / prob.anneal, 0.0, 1.0)
-    tau = jnp.where(iteration < prob.anneal, prob.anneal_factor ** f, 0.0)
-    return tau * jnp.asarray(prob.sigma0), tau * jnp.asarray(prob.gamma0)
-
-
 def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) -> EMState:
     """One EM iteration (E-step, M-step, Bragg step, background); pure JAX."""
-    fs, fg = _width_floor(prob, st.iteration)
-    st = st._replace(sigma=jnp.maximum(st.sigma, fs), gamma=jnp.maximum(st.gamma, fg))
     (c, sh, idx), d, tl, tg = _terms(prob, st, x)
     # a background polynomial below zero somewhere would make a responsibility exceed 1 (and the
     # intensities run away): the E-step sees the background clipped at 0
@@ -361,8 +339,6 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     u = 2.0 * st.gamma[None, :, None, None] ** 2 / (st.gamma[None, :, None, None] ** 2 + d2)
     gam2 = jnp.sum(wl * u * d2, axis=(0, 2, 3)) / jnp.maximum(n_l, 1e-300)
     sigma, gamma = _widths(prob, c[0], var_g, gam2, n_g, n_l, st, jnp.mean(dx))
-    fs, fg = _width_floor(prob, st.iteration + 1)
-    sigma, gamma = jnp.maximum(sigma, fs), jnp.maximum(gamma, fg)
     # Bragg step: conditional means (less each sub-component's FCJ shift) and their precisions
     xb = xw[None, :, None, :]
     m_l = jnp.sum(wl * u * xb, axis=3) / jnp.maximum(jnp.sum(wl * u, axis=3), 1e-300) - sh
@@ -627,7 +603,7 @@ def _stats(y, yc, sigma, n_params=0):
 
 def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_background: int = 8,
               max_iter: int = 400, tol: float = 1e-9, widths: str = "caglioti", refine_zero: bool = True,
-              search: float = 0.0, anneal: int = 0, anneal_factor: float = 8.0, asymmetry: bool = False,
+              search: float = 0.0, asymmetry: bool = False,
               accelerate: bool = True, init: tuple | None = None, problem: tuple | None = None,
               progress: bool = True) -> Decomposition:
     """Decompose one pattern. ``init=(problem, state)`` warm-starts from a previous result (a
@@ -647,7 +623,7 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
                                  "(add the subtracted background back, or shift the pattern)")
     if init is None and problem is None:
         prob, st = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero,
-                                 search=search, anneal=anneal, anneal_factor=anneal_factor, asymmetry=asymmetry)
+                                 search=search, asymmetry=asymmetry)
     else:
         prob, st = init if init is not None else problem
         if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
@@ -664,7 +640,7 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
             lambda s, y, x, dx, b: squarem_step(prob, s, y, x, dx, b)))
         n, shown, it0 = 0, 0, int(st.iteration)
         while n < max_iter:
-            if accelerate and n >= prob.anneal and max_iter - n >= 4:
+            if accelerate and max_iter - n >= 4:
                 st = fast(st, yj, xj, dx, basis)
             else:
                 st = step(st, yj, xj, dx, basis)
@@ -673,7 +649,7 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
                 shown = n
                 print(f"  EM iteration {n:4d}: log-likelihood {float(st.loglik):.10g}  (rel. change {float(st.rel_change):.2e})",
                       file=sys.stderr, flush=True)
-            if float(st.rel_change) < tol and n > prob.anneal:
+            if float(st.rel_change) < tol:
                 break
         total, peaks, bkg = _compiled(prob, "model", lambda: jax.jit(
             lambda s, x, dx, b: model_counts(prob, s, x, dx, b)))(st, xj, dx, basis)
@@ -777,9 +753,9 @@ def _compiled_step(prob: EMProblem):
 
 
 def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100, n_background: int = 8,
-                    widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0, anneal: int = 0,
-                    anneal_factor: float = 8.0, asymmetry: bool = False, problem: tuple | None = None, chunk: int | None = 16,
-                    track: bool = False):
+                    widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0,
+                    asymmetry: bool = False, problem: tuple | None = None, chunk: int | None = 16,
+                    track: bool = False, mesh=None):
     """Decompose many patterns on one grid with one compiled program (``vmap`` over patterns, a
     fixed number of EM iterations). Returns ``(problem, states)`` with a leading batch axis.
     ``problem=(problem, state0)`` reuses a set-up (and its compiled program). ``chunk``: patterns
@@ -787,7 +763,9 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
     200-pattern call needed 15 GB); ``None`` = all at once (accelerators). ``track=True`` (a
     series in order): each chunk starts from the lattices and zero its predecessor reached on
     its last pattern, so a cell that drifts by more than the capture range of one EM run (about
-    a FWHM at the highest angle) is followed; the first chunk starts from the given cells."""
+    a FWHM at the highest angle) is followed; the first chunk starts from the given cells.
+    ``mesh`` (a :func:`xtaljax.parallel.batch_mesh`): each chunk's patterns are split over its
+    devices (chunk rounded up to a multiple of the device count); same per-pattern numerics."""
     x = np.asarray(two_theta, np.float64)
     yb = np.asarray(y_batch, np.float64)
     if yb.ndim != 2 or yb.shape[1] != x.size:
@@ -796,8 +774,7 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         bad = np.flatnonzero(~np.all(np.isfinite(yb) & (yb >= 0), axis=1))
         raise DecompositionError(f"pattern(s) {bad.tolist()} contain NaN or negative values")
     prob, st0 = problem or build_problem(x, phases, instrument, n_background=n_background, widths=widths,
-                                         refine_zero=refine_zero, search=search, anneal=anneal,
-                                         anneal_factor=anneal_factor, asymmetry=asymmetry)
+                                         refine_zero=refine_zero, search=search, asymmetry=asymmetry)
     with jax.enable_x64(True):
         key = (id(prob), "batch", n_iter)
         if key not in _STEP_CACHE:
@@ -813,6 +790,10 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         fn = _STEP_CACHE[key]
         n = yb.shape[0]
         size = n if not chunk else min(int(chunk), n)
+        if mesh is not None:  # split each chunk over the mesh's devices (see xtaljax.parallel)
+            from ..parallel import replicate, round_up, shard_leading, sharded_vmap
+            size, on_mesh = round_up(size, mesh), sharded_vmap(fn, mesh, 1, 1, already_batched=True)
+            fn = lambda b, s: on_mesh(shard_leading(b, mesh)[0], replicate(s, mesh))  # noqa: E731
         parts = []
         start_state = st0
         for start in range(0, n, size):
