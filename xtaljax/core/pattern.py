@@ -23,7 +23,7 @@ array.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
+from functools import lru_cache, partial
 from typing import Sequence
 
 import jax
@@ -34,7 +34,7 @@ from jax import lax
 from .crystal import Crystal
 from .instrument import Instrument
 from .lattice import reciprocal
-from .numerics import safe_arcsin, safe_div, safe_sqrt, sincos_turns
+from .numerics import safe_div, safe_sqrt, sincos_turns
 from .profiles import (LN2, RAD, caglioti_sigma2, fcj_shifts_weights, gaussian_fwhm, pseudo_voigt,
                        tch_fwhm_eta)
 from .reflections import Reflections, coverage_ok, g_max_for, make_reflections
@@ -611,10 +611,30 @@ def prepare_batch(crystals: Sequence[Crystal], instrument: Instrument, two_theta
 
 
 @partial(jax.jit, static_argnames=("config", "batched_instrument"))
-def simulate_batch(crystals: Crystal, instrument: Instrument, two_theta, reflections: Reflections,
-                   config: SimConfig, batched_instrument: bool = False):
-    """``vmap`` of :func:`simulate_kernel` over a stacked batch of crystals (and, with
-    ``batched_instrument=True``, of instruments). Returns ``(B, N)`` intensities and info with
-    a ``(B,)`` overflow flag."""
+def _simulate_batch(crystals: Crystal, instrument: Instrument, two_theta, reflections: Reflections,
+                    config: SimConfig, batched_instrument: bool = False):
     in_axes = (0, 0 if batched_instrument else None, None, 0, None)
     return jax.vmap(simulate_kernel, in_axes=in_axes)(crystals, instrument, two_theta, reflections, config)
+
+
+@lru_cache(maxsize=None)
+def _sharded_kernel(config: SimConfig):
+    """One example, arguments (crystal, reflections, instrument, two_theta): batched ones first,
+    for :func:`xtaljax.parallel.run_sharded`; cached so the sharded program compiles once."""
+    return lambda c, r, i, tt: simulate_kernel(c, i, tt, r, config)
+
+
+def simulate_batch(crystals: Crystal, instrument: Instrument, two_theta, reflections: Reflections,
+                   config: SimConfig, batched_instrument: bool = False, *, mesh=None):
+    """``vmap`` of :func:`simulate_kernel` over a stacked batch of crystals (and, with
+    ``batched_instrument=True``, of instruments). Returns ``(B, N)`` intensities and info with
+    a ``(B,)`` overflow flag. ``mesh`` (a :func:`xtaljax.parallel.batch_mesh`): the batch is
+    split over its devices (padded to a multiple of the device count, the pad dropped again);
+    same per-pattern numerics, outputs sharded over the mesh. Default: one jitted ``vmap``."""
+    if mesh is None:
+        return _simulate_batch(crystals, instrument, two_theta, reflections, config, batched_instrument)
+    from ..parallel import run_sharded
+    fn = _sharded_kernel(config)
+    if batched_instrument:
+        return run_sharded(fn, (crystals, reflections, instrument), (two_theta,), mesh)
+    return run_sharded(fn, (crystals, reflections), (instrument, two_theta), mesh)
