@@ -114,6 +114,8 @@ def test_bad_input(x64):
         decompose(tt, y - 200, _mixture(), inst, progress=False)
     with pytest.raises(DecompositionError, match="no reflection"):
         decompose(np.arange(5.0, 12.0, 0.02), np.full(350, 100.0), _mixture(), inst, progress=False)
+    with pytest.raises(DecompositionError, match="window_fwhm"):
+        build_problem(tt, _mixture(), inst, window_fwhm=-1.0)
 
 
 @pytest.mark.skipif(not shared_path("patterns", "mn2o3_lab_xray", "intensity.csv").exists(), reason="shared data")

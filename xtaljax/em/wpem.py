@@ -155,6 +155,8 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
         raise DecompositionError("at least one phase is needed")
     if not 0.0 <= search < 0.2:
         raise DecompositionError(f"search is a relative strain in [0, 0.2), got {search}")
+    if window_fwhm < 0 or n_fcj < 2:
+        raise DecompositionError(f"window_fwhm must be >= 0 and n_fcj >= 2, got {window_fwhm}, {n_fcj}")
     with jax.enable_x64(True):
         inst = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64)
                                       if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, instrument)
