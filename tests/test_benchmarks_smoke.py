@@ -90,3 +90,18 @@ def test_wpem_series_benchmark_tiny(tmp_path):
     for k in ("batch_seconds_steady", "batch_patterns_per_s", "loop_seconds_per_pattern_steady_median"):
         assert _positive(res[k]), k
     assert res["a_abs_error_max_A"] < 5e-4  # tracked from chunk to chunk (0.3 % drift in all)
+
+
+def test_xtaljax_bench_runs_a_suite_and_rejects_unknown_ones(tmp_path):
+    """``xtaljax bench``: one suite end to end (its own JSON inside the combined one, a headline
+    row), an unknown suite a one-line error with exit 2."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "xtaljax.cli", "bench", "--suite", "sharding", "--size", "tiny",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    entry = json.loads(out.read_text())["suites"]["sharding"]
+    assert entry["result"]["benchmark"] == "sharding_scaling" and _positive(entry["headline"]["8 dev s"])
+    assert "sharding" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "xtaljax.cli", "bench", "--suite", "nope"], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert bad.returncode == 2 and "unknown suite" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

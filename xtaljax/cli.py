@@ -355,6 +355,20 @@ def cmd_decompose(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from xtaljax.bench import SUITES, BenchError, format_table, run
+
+    suites = list(SUITES) if "all" in args.suite else args.suite
+    try:
+        report = run(suites, args.size, args.out)
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+    print(format_table(report))
+    if args.out:
+        print(f"  wrote {args.out}")
+    return 0 if all(e["returncode"] == 0 for e in report["suites"].values()) else 1
+
+
 def cmd_symmetry(args) -> int:
     from xtaljax.io import load_structure
     from xtaljax.io.spacegroups import symmetrize
@@ -444,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--out", default="out/demo", help="output folder")
     dp.add_argument("--background-terms", type=int, default=6)
     dp.set_defaults(func=cmd_demo)
+    bp = sub.add_parser("bench", help="run benchmark suites (from a repository checkout) and print one table")
+    bp.add_argument("--suite", nargs="+", default=["all"],
+                    help="simulate refine em landscape sharding, or all (grad is part of simulate)")
+    bp.add_argument("--size", choices=("tiny", "small", "full"), default="small")
+    bp.add_argument("--out", help="JSON with every suite's own JSON and the headline numbers")
+    bp.set_defaults(func=cmd_bench)
     from .landscape.cli import add_parser as _landscape_parser
 
     _landscape_parser(sub)

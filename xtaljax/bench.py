@@ -1,0 +1,132 @@
+"""``xtaljax bench``: run the repository's benchmark scripts as suites and print one table.
+
+Each suite is one script in ``benchmarks/`` (a checkout of the repository; the scripts are not
+installed with the package). The scripts measure their peers in the same run and write their own
+JSON (compile and steady state timed apart, device kind, JAX version, a roofline estimate where
+the script has one); this command runs them one after the other in subprocesses (so each starts
+with a fresh JAX runtime), collects their JSON into one file and prints the headline numbers.
+
+========== ============================== ==============================================
+suite      script                         headline
+========== ============================== ==============================================
+simulate   benchmarks/simulate.py         patterns/s, value_and_grad/s and ratio, pymatgen/s
+refine     benchmarks/refine_batch.py     batch patterns/s vs sequential, |Δa|
+em         benchmarks/wpem_series.py      series patterns/s vs loop, |Δa|
+landscape  benchmarks/landscape_study.py  match rates, wall time
+sharding   benchmarks/sharding_scaling.py devices vs time, identical results
+========== ============================== ==============================================
+
+``grad`` is part of ``simulate`` (value_and_grad is measured in the same run). The PyWPEM
+head-to-head (``benchmarks/wpem_vs_pywpem.py``, ~10 min, its own venv) and the generator suite
+are not in ``all``: run the script directly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: suite -> (script, {requested size: script size}, extra args)
+SUITES = {
+    "simulate": ("simulate.py", {"tiny": "tiny", "small": "small", "full": "full"}, ["--peers", "all"]),
+    "refine": ("refine_batch.py", {"tiny": "tiny", "small": "small", "full": "full"}, []),
+    "em": ("wpem_series.py", {"tiny": "tiny", "small": "small", "full": "full"}, []),
+    "landscape": ("landscape_study.py", {"tiny": "tiny", "small": "tiny", "full": "full"}, []),
+    "sharding": ("sharding_scaling.py", {"tiny": "tiny", "small": "small", "full": "small"}, []),
+}
+
+
+class BenchError(ValueError):
+    """Bad request for ``xtaljax bench`` (the message names the cause)."""
+
+
+def benchmarks_dir() -> Path:
+    d = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (d / "simulate.py").exists():
+        raise BenchError(f"no benchmark scripts at {d}: `xtaljax bench` runs from a checkout of the repository")
+    return d
+
+
+def _get(d: dict, path: str):
+    for k in path.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def headline(suite: str, res: dict) -> list[tuple[str, object]]:
+    """The numbers worth a table row, by suite (missing keys are shown as None)."""
+    if suite == "simulate":
+        return [("patterns/s", _get(res, "results.bucketed.forward.patterns_per_s")),
+                ("value_and_grad/s", _get(res, "results.bucketed.value_and_grad.per_s")),
+                ("grad/forward", _get(res, "results.bucketed.value_and_grad.ratio_to_forward")),
+                ("pymatgen sticks/s", _get(res, "peers.pymatgen_sticks.per_s")),
+                ("compile s", _get(res, "results.bucketed.compile_forward_s")),
+                ("GFLOP/s", _get(res, "results.bucketed.roofline.achieved_gflops"))]
+    if suite == "refine":
+        return [("batch patterns/s", _get(res, "results.batch_patterns_per_s")),
+                ("sequential s/pattern", _get(res, "results.sequential_seconds_per_pattern_steady")),
+                ("batch/sequential", _get(res, "results.speedup_batch_vs_sequential")),
+                ("|Δa| median Å", _get(res, "results.abs_da_median_A"))]
+    if suite == "em":
+        return [("batch patterns/s", _get(res, "results.batch_patterns_per_s")),
+                ("loop s/pattern", _get(res, "results.loop_seconds_per_pattern_steady_median")),
+                ("batch/loop", _get(res, "results.speedup_batch_vs_loop")),
+                ("|Δa| max Å", _get(res, "results.a_abs_error_max_A"))]
+    if suite == "landscape":
+        return [(f"match {m} {p}", _get(res, f"match_rate.{m}.{p}")) for m in ("cosine",)
+                for p in ("free", "family", "wyckoff")] + [("wall s", _get(res, "timings.wall_s_sum")
+                                                           or _get(res, "wall_seconds"))]
+    if suite == "sharding":
+        runs = res.get("runs") or []
+        return [(f"{r.get('n_devices')} dev s", _get(r, "sharded.median_s")) for r in runs] + [
+            ("max diff / row max", max((r.get("max_diff_rel_to_row_max") or 0.0) for r in runs) if runs else None)]
+    return []
+
+
+def run(suites: list[str], size: str, out: str | None, *, python: str = sys.executable,
+        timeout: float = 7200.0) -> dict:
+    bad = [s for s in suites if s not in SUITES]
+    if bad:
+        raise BenchError(f"unknown suite(s) {bad}; choose from {sorted(SUITES)} or 'all'")
+    bdir = benchmarks_dir()
+    report = {"benchmark": "xtaljax bench", "size": size, "suites": {}}
+    with tempfile.TemporaryDirectory(prefix="xtaljax-bench-") as tmp:
+        for suite in suites:
+            script, sizes, extra = SUITES[suite]
+            path = Path(tmp) / f"{suite}.json"
+            cmd = [python, str(bdir / script), "--size", sizes[size], "--out", str(path), *extra]
+            print(f"[bench] {suite}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=bdir.parent)
+                rc, err = proc.returncode, proc.stderr.strip().splitlines()[-1:] if proc.returncode else []
+            except subprocess.TimeoutExpired:
+                rc, err = 124, [f"timed out after {timeout:g} s"]
+            entry = {"script": script, "size": sizes[size], "returncode": rc, "wall_seconds": time.perf_counter() - t0}
+            if rc == 0 and path.exists():
+                entry["result"] = json.loads(path.read_text())
+                entry["headline"] = dict(headline(suite, entry["result"]))
+            else:
+                entry["error"] = (err or ["no JSON written"])[0]
+            report["suites"][suite] = entry
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'suite':<10} {'size':<6} {'wall s':>8}  headline"]
+    for suite, e in report["suites"].items():
+        if "headline" in e:
+            parts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in e["headline"].items())
+        else:
+            parts = f"FAILED (rc {e['returncode']}): {e.get('error', '')}"
+        lines.append(f"{suite:<10} {e['size']:<6} {e['wall_seconds']:>8.1f}  {parts}")
+    return "\n".join(lines)
