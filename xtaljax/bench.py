@@ -80,7 +80,7 @@ def headline(suite: str, res: dict) -> list[tuple[str, object]]:
                 ("|Δa| max Å", _get(res, "results.a_abs_error_max_A"))]
     if suite == "landscape":
         return [(f"match {m} {p}", _get(res, f"match_rate.{m}.{p}")) for m in ("cosine",)
-                for p in ("free", "family", "wyckoff")] + [("wall s", _get(res, "timings.wall_s_sum")
+                for p in ("free", "family", "wyckoff")] + [("wall s", _get(res, "timings.wall_s")
                                                            or _get(res, "wall_seconds"))]
     if suite == "sharding":
         runs = res.get("runs") or []

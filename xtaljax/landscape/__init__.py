@@ -6,6 +6,8 @@
 * :mod:`.distort` — seeded lattice-strain / coordinate-noise distortions.
 * :mod:`.recover` — gradient-descent recovery (optax Adam, vmapped over distortions) in three
   parametrisations (``free``, ``family``, ``wyckoff``) and StructureMatcher matching.
+* :mod:`.solve` — multi-start structure solution (random free Wyckoff coordinates, known space
+  group and cell, one vmapped Adam run), results ranked by loss.
 * :mod:`.study` — the study (structures × distortions × parametrisations × metrics) → report dict,
   :func:`.study.load_mp20` (rows of a CDVAE-format CSV), :func:`.study.plot_report`.
 * :mod:`.slices` — 1-D/2-D loss slices along symmetry-template parameters.

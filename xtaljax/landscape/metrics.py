@@ -49,7 +49,6 @@ import dataclasses
 import math
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -105,7 +104,12 @@ def gaussian_broaden(y, step: float, fwhm: float):
     k = jnp.asarray(gaussian_kernel(step, fwhm), y.dtype)
     if k.shape[0] > 2 * y.shape[-1]:
         raise ValueError(f"broadening FWHM {fwhm} deg is far wider than the 2theta range")
-    return jnp.convolve(y, k, mode="same")
+    # the same as jnp.convolve(y, k, mode="same"), written as a sum of shifted copies: XLA's CPU
+    # convolution kernel segfaulted intermittently in float64 inside the vmapped Adam scan
+    # (jaxlib 0.10.2; seen in recover() and solve() with broadening on)
+    m, n, h = k.shape[0], y.shape[-1], k.shape[0] // 2
+    ypad = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(h, h)])
+    return sum(k[j] * ypad[..., 2 * h - j: 2 * h - j + n] for j in range(m))
 
 
 # ----------------------------------------------------------------------------------------------

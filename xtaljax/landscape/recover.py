@@ -46,7 +46,7 @@ import numpy as np
 
 from ..core.crystal import Crystal
 from ..core.instrument import Instrument
-from ..core.lattice import lattice_from_parameters, lattice_parameters
+from ..core.lattice import lattice_parameters
 from ..core.pattern import SimConfig, reflections_for, resolve_config, simulate
 from ..core.symmetry import SymmetryParams, SymmetryTemplate, expand
 from .distort import DistortionSpec, displacement_rms, distort
