@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from ..refine.report import _atomic as _atomic_write
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -82,17 +82,6 @@ def _check(args) -> None:
     for s in args.structures:
         if not Path(s).is_file():
             raise ValueError(f"{s}: no such file")
-
-
-def _atomic_write(path: Path, writer) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _jsonable(x):
