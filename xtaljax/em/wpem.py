@@ -197,33 +197,28 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
                          multiplicity=np.concatenate(mult), lat_m=np.stack(lat_m), lat_k=np.stack(lat_k),
                          lat_free=np.stack(lat_free), n_background=n_background, widths=widths, refine_zero=refine_zero)
         K = prob.n_reflections
-        pos = np.asarray(positions(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero))))[0]
+        lines = np.asarray(positions(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero))))  # (L, K)
+        pos = lines[0]
         th = np.radians(pos / 2)
         s2 = float(inst.u) * np.tan(th) ** 2 + float(inst.v) * np.tan(th) + float(inst.w)
         sig = np.sqrt(np.maximum(s2, 1e-6))
         gam = np.maximum(0.5 * (float(inst.x) / np.cos(th) + float(inst.y) * np.tan(th)), 0.5 * sig)
-        # isotropic-strain scan: steps that move the highest-angle peak by at most 1/4 of its FWHM
-        fwhm = 2.355 * sig
-        tmax = np.tan(np.radians(np.clip(pos, 0, 179.0) / 2)).max(axis=0)  # per reflection
-        ds = float(np.min(0.25 * fwhm / (2 * tmax * RAD)))
-        steps = 1 if search == 0 else int(min(2 * np.ceil(search / max(ds, 1e-7)) + 1, 2001))
-        calc0 = calculated_intensities(prob, inst, np.stack(lat0))[0]
-        for i in range(len(out)):
-            sel = prob.comp_phase == i
-            calc0[sel] = calc0[sel] / max(calc0[sel].sum(), 1e-300)
-        n_pts = tt.size
+        steps, calc0 = 1, None
+        if search > 0:
+            # isotropic-strain scan: steps that move the highest-angle peak by at most 1/4 FWHM
+            tmax = float(np.tan(np.radians(np.clip(pos, 0, 179.0) / 2)).max())
+            ds = float(np.min(0.25 * 2.355 * sig / (2 * tmax * RAD)))
+            steps = int(min(2 * np.ceil(search / max(ds, 1e-7)) + 1, 2001))
+            calc0 = calculated_intensities(prob, inst, np.stack(lat0))[0]
+            for i in range(len(out)):
+                sel = prob.comp_phase == i
+                calc0[sel] = calc0[sel] / max(calc0[sel].sum(), 1e-300)
+        win = tt.size
         if window_fwhm > 0:
-            fw = 2.355 * sig + 2 * gam
-            lines = np.asarray(positions(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero))))
-            span = (lines.max(axis=0) - lines.min(axis=0)) + 2 * window_fwhm * fw
-            step = float(np.median(np.diff(tt)))
-            win = int(min(np.ceil(1.5 * span.max() / step) + 8, n_pts))
-        else:
-            win = n_pts
-        prob = dataclasses.replace(prob, window=win)
-        prob = dataclasses.replace(prob, sigma0=sig, gamma0=gam,
-                                   calc0=calc0, search=float(search), search_steps=steps, asymmetry=bool(asymmetry),
-                                   n_fcj=int(n_fcj) if asymmetry else 1)
+            span = (lines.max(axis=0) - lines.min(axis=0)) + 2 * window_fwhm * (2.355 * sig + 2 * gam)
+            win = int(min(np.ceil(1.5 * span.max() / float(np.median(np.diff(tt)))) + 8, tt.size))
+        prob = dataclasses.replace(prob, window=win, sigma0=sig, gamma0=gam, calc0=calc0, search=float(search),
+                                   search_steps=steps, asymmetry=bool(asymmetry), n_fcj=int(n_fcj) if asymmetry else 1)
         state = EMState(lattice=jnp.asarray(np.stack(lat0)), zero=jnp.asarray(np.float64(float(inst.zero))),
                         intensity=jnp.ones(K), eta=jnp.full(K, 0.5), sigma=jnp.asarray(sig), gamma=jnp.asarray(gam),
                         background=jnp.zeros(n_background), loglik=jnp.asarray(-jnp.inf), rel_change=jnp.asarray(jnp.inf),
@@ -400,6 +395,8 @@ def squarem_step(prob: EMProblem, st: EMState, y, x, dx, basis) -> EMState:
     alpha = jnp.maximum(alpha, -50.0)
     ext = jax.tree_util.tree_map(lambda a, b, c: a - 2 * alpha * b + alpha**2 * c, t0, r, v)
     s_ext = _from_vector(s2, ext)
+    if not prob.asymmetry:  # nothing to extrapolate (S/L is 0 and unused)
+        s_ext = s_ext._replace(asym=s2.asym)
     ok_ext = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(ext)]))
     cand = em_step(prob, jax.tree_util.tree_map(lambda e, b: jnp.where(ok_ext, e, b), s_ext, s2), y, x, dx, basis)
     finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(
