@@ -31,9 +31,14 @@ SIZES = {"tiny": dict(n=6, stop=60.0, iters=40, loop=1, chunk=2),
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=SIZES, default="small")
+    ap.add_argument("--chunk", type=int, help="patterns per vmapped chunk (default by size; larger on accelerators)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    cfg = SIZES[args.size]
+    cfg = dict(SIZES[args.size])
+    if args.chunk is not None:
+        if args.chunk < 1:
+            ap.error("--chunk must be >= 1")
+        cfg["chunk"] = args.chunk
     t_wall = time.perf_counter()
 
     from pymatgen.core import Lattice, Structure

@@ -112,8 +112,9 @@ def sharded_vmap(fn: Callable, mesh: Mesh, n_batched: int, n_unbatched: int = 0,
     device count (see :func:`shard_leading`). ``already_batched=True``: ``fn`` itself maps over
     the leading axis (e.g. an existing ``jit(vmap(...))``) and is not vmapped again. Cached on
     the arguments (``fn`` by identity), so a module-level or cached ``fn`` compiles once per
-    shape. The replicated arguments are not summed over devices, so this is for forward
-    computations (no gradients with respect to the replicated arguments)."""
+    shape. Differentiable: ``jax.grad`` through it gives the single-device gradients, for the
+    sharded arguments and for the replicated ones (whose cotangents shard_map's transpose sums
+    over the devices); ``tests/test_sharding.py`` checks both through ``simulate_batch``."""
     specs = (P(AXIS),) * n_batched + (P(),) * n_unbatched
     body = fn if already_batched else jax.vmap(fn, in_axes=(0,) * n_batched + (None,) * n_unbatched)
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P(AXIS), check_vma=False))
