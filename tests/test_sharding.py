@@ -123,6 +123,21 @@ SCRIPT = textwrap.dedent(r'''
     np.testing.assert_allclose(np.asarray(s8.lattice), np.asarray(s1.lattice), rtol=0, atol=1e-10)
     np.testing.assert_allclose(np.asarray(s8.intensity), np.asarray(s1.intensity), rtol=1e-9)
     print("decompose max |dlattice|", float(np.max(np.abs(np.asarray(s8.lattice) - np.asarray(s1.lattice)))))
+
+    # (d) multi-start solve: 10 starts (padded to 16) split over the 8 devices, both stages
+    from xtaljax.landscape.recover import load_target
+    from xtaljax.landscape.solve import solve
+    rut = lambda xo: Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.5937, 2.9587), ["Ti", "O"],
+                                              [[0, 0, 0], [xo, xo, 0]])
+    with jax.enable_x64(True):
+        tg = load_target(rut(0.3048))
+        kw = dict(n_starts=10, steps=30, polish_steps=10, seed=3)
+        r1 = solve(tg.two_theta, np.asarray(tg.pattern), rut(0.2), **kw)
+        r8 = solve(tg.two_theta, np.asarray(tg.pattern), rut(0.2), mesh=mesh, **kw)
+    assert r8.losses.shape == (10,)
+    np.testing.assert_allclose(r8.losses, r1.losses, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r8.free_coords, r1.free_coords, rtol=0, atol=1e-9)
+    print("solve max |dloss|", float(np.max(np.abs(r8.losses - r1.losses))))
     print("OK")
 ''')
 

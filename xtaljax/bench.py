@@ -14,11 +14,15 @@ refine     benchmarks/refine_batch.py     batch patterns/s vs sequential, |Δa|
 em         benchmarks/wpem_series.py      series patterns/s vs loop, |Δa|
 landscape  benchmarks/landscape_study.py  match rates, wall time
 sharding   benchmarks/sharding_scaling.py devices vs time, identical results
+pywpem     benchmarks/wpem_vs_pywpem.py   Mn2O3: PyWPEM vs xtaljax decompose, time and Rwp
 ========== ============================== ==============================================
 
-``grad`` is part of ``simulate`` (value_and_grad is measured in the same run). The PyWPEM
-head-to-head (``benchmarks/wpem_vs_pywpem.py``, ~10 min, its own venv) and the generator suite
-are not in ``all``: run the script directly.
+``grad`` is part of ``simulate`` (value_and_grad is measured in the same run). ``pywpem`` is the
+EM suite's peer: PyWPEM (PyPI ``pyxplore``) in its own virtual environment
+(``benchmarks/.venv-pywpem``, created on first use: ~2.7 GB, it pins an old numpy), run on the
+Mn2O3 tutorial pattern for 3 / 10 / 50 EM iterations (tiny / small / full; 50 is PyWPEM's
+tutorial setting), against ``xtaljax decompose`` run to convergence in the same run. The generator
+suite waits for the generator (issue 7).
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-#: suite -> (script, {requested size: script size}, extra args)
+#: suite -> (script, {requested size: script size, or the script's own arguments}, extra args)
 SUITES = {
     "simulate": ("simulate.py", {"tiny": "tiny", "small": "small", "full": "full"}, ["--peers", "all"]),
     "refine": ("refine_batch.py", {"tiny": "tiny", "small": "small", "full": "full"}, []),
     "em": ("wpem_series.py", {"tiny": "tiny", "small": "small", "full": "full"}, []),
     "landscape": ("landscape_study.py", {"tiny": "tiny", "small": "tiny", "full": "full"}, []),
     "sharding": ("sharding_scaling.py", {"tiny": "tiny", "small": "small", "full": "small"}, []),
+    "pywpem": ("wpem_vs_pywpem.py", {"tiny": ["--pywpem-iterations", "3"], "small": ["--pywpem-iterations", "10"],
+                                     "full": ["--pywpem-iterations", "50"]}, []),
 }
 
 
@@ -51,8 +57,9 @@ def benchmarks_dir() -> Path:
     return d
 
 
-def _get(d: dict, path: str):
-    for k in path.split("."):
+def _get(d: dict, path):
+    """``d[k1][k2]...`` for ``path`` "k1.k2..." (or a list of keys, for keys that hold dots)."""
+    for k in (path.split(".") if isinstance(path, str) else path):
         if not isinstance(d, dict) or k not in d:
             return None
         d = d[k]
@@ -82,6 +89,17 @@ def headline(suite: str, res: dict) -> list[tuple[str, object]]:
         return [(f"match {m} {p}", _get(res, f"match_rate.{m}.{p}")) for m in ("cosine",)
                 for p in ("free", "family", "wyckoff")] + [("wall s", _get(res, "timings.wall_s")
                                                            or _get(res, "wall_seconds"))]
+    if suite == "pywpem":
+        sc = ["results", "scores_same_definitions"]
+        sub = "pywpem_2026.10_subset_Rwp"
+        return [("PyWPEM s", _get(res, "results.pywpem.wall_seconds_total")),
+                ("xtaljax cold s", _get(res, "results.xtaljax.wall_seconds_cold")),
+                ("xtaljax warm s", _get(res, "results.xtaljax.wall_seconds_warm")),
+                ("speed-up cold", _get(res, "results.speed_ratio.pywpem_total_over_xtaljax_cold")),
+                ("PyWPEM Rwp subset", _get(res, sc + ["pywpem_final", "own_background", sub])),
+                ("PyWPEM Rwp subset before bkg update", _get(res, sc + ["pywpem_pre_update", "own_background", sub])),
+                ("xtaljax Rwp subset", _get(res, sc + ["xtaljax", "own_background", sub])),
+                ("PyWPEM a", _get(res, "results.pywpem.a")), ("xtaljax a", _get(res, "results.xtaljax.a"))]
     if suite == "sharding":
         runs = res.get("runs") or []
         return [(f"{r.get('n_devices')} dev s", _get(r, "sharded.median_s")) for r in runs] + [
@@ -100,7 +118,9 @@ def run(suites: list[str], size: str, out: str | None, *, python: str = sys.exec
         for suite in suites:
             script, sizes, extra = SUITES[suite]
             path = Path(tmp) / f"{suite}.json"
-            cmd = [python, str(bdir / script), "--size", sizes[size], "--out", str(path), *extra]
+            own = sizes[size]
+            size_args = list(own) if isinstance(own, list) else ["--size", own]
+            cmd = [python, str(bdir / script), *size_args, "--out", str(path), *extra]
             print(f"[bench] {suite}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             try:
@@ -108,7 +128,7 @@ def run(suites: list[str], size: str, out: str | None, *, python: str = sys.exec
                 rc, err = proc.returncode, proc.stderr.strip().splitlines()[-1:] if proc.returncode else []
             except subprocess.TimeoutExpired:
                 rc, err = 124, [f"timed out after {timeout:g} s"]
-            entry = {"script": script, "size": sizes[size], "returncode": rc, "wall_seconds": time.perf_counter() - t0}
+            entry = {"script": script, "size": size if isinstance(own, list) else own, "returncode": rc, "wall_seconds": time.perf_counter() - t0}
             if rc == 0 and path.exists():
                 entry["result"] = json.loads(path.read_text())
                 entry["headline"] = dict(headline(suite, entry["result"]))

@@ -236,7 +236,8 @@ def cmd_refine(args) -> int:
         phases.append((name or Path(path).stem, path))
     print(f"refining {Path(args.pattern).name}: {len(pat)} points, 2θ {pat.two_theta[0]:g}-{pat.two_theta[-1]:g}°, "
           f"phases {', '.join(n for n, _ in phases)}, strategy {args.strategy}", file=sys.stderr)
-    prob = Problem(pat.two_theta, pat.intensity, pat.sigma, phases, inst, n_background=args.background)
+    prob = Problem(pat.two_theta, pat.intensity, pat.sigma, phases, inst, n_background=args.background,
+                   lebail=args.lebail)
     result = prob.refine(args.strategy, max_cycles=args.max_cycles)
     files = write_outputs(result, args.out, source=str(args.pattern), strategy=args.strategy)
     st = result.stats
@@ -245,7 +246,7 @@ def cmd_refine(args) -> int:
     for i, pm in enumerate(prob.phases):
         six, esd = result.lattice(i)
         print(f"  {pm.name}: " + " ".join(f"{k}={v:.5f}({e:.1e})" for k, v, e in zip("abc", six[:3], esd[:3]))
-              + f"  weight fraction {result.weight_fractions()[i]:.4f}")
+              + ("" if prob.lebail else f"  weight fraction {result.weight_fractions()[i]:.4f}"))
     if result.at_bounds:
         print(f"  held at a bound (no esd): {', '.join(result.at_bounds)}")
     if result.singular:
@@ -416,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--instrument", help="GSAS .prm or GSAS-II .instprm")
     rp.add_argument("--wavelength", help="CuKa (Kα1+Kα2), CuKa1, MoKa, ... or Å")
     rp.add_argument("--range", nargs=2, type=float, metavar=("START", "STOP"), help="2θ fit range (degrees)")
-    rp.add_argument("--strategy", default="default", help="default, full, lattice, profile, scale, calibration")
+    rp.add_argument("--strategy", default="default",
+                    help="default, full, lattice, profile, scale, calibration, lebail")
+    rp.add_argument("--lebail", action="store_true",
+                    help="Le Bail fit: free reflection intensities, the phases give only their cells")
     rp.add_argument("--background", type=int, default=12, help="number of Chebyshev background terms")
     rp.add_argument("--max-cycles", type=int, default=20, help="cycles per stage at most")
     rp.add_argument("--format", help="pattern format if the extension is ambiguous")
@@ -460,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.set_defaults(func=cmd_demo)
     bp = sub.add_parser("bench", help="run benchmark suites (from a repository checkout) and print one table")
     bp.add_argument("--suite", nargs="+", default=["all"],
-                    help="simulate refine em landscape sharding, or all (grad is part of simulate)")
+                    help="simulate refine em landscape sharding pywpem, or all (grad is part of simulate)")
     bp.add_argument("--size", choices=("tiny", "small", "full"), default="small")
     bp.add_argument("--out", help="JSON with every suite's own JSON and the headline numbers")
     bp.set_defaults(func=cmd_bench)

@@ -193,9 +193,14 @@ def march_dollase(crystal: Crystal, hkl, ratio, axis):
     return (ratio**2 * cos2 + (1.0 - cos2) / ratio) ** -1.5
 
 
-def _peak_table(crystal: Crystal, instrument: Instrument, refl: Reflections, model: str, fused_vjp: bool = False):
-    """Per (line, reflection) peak quantities, flattened to ``(L*cap,)`` arrays."""
+def _peak_table(crystal: Crystal, instrument: Instrument, refl: Reflections, model: str, fused_vjp: bool = False,
+                f2_override=None):
+    """Per (line, reflection) peak quantities, flattened to ``(L*cap,)`` arrays.
+    ``f2_override`` ``(cap,)``: use these values in place of the structure factors' ``f2`` (a
+    Le Bail fit's free intensities; the structure factors are then not part of the result)."""
     g, f2, valid = structure_factors(crystal, refl.hkl, refl.mask, instrument.dispersion, model, fused_vjp)
+    if f2_override is not None:
+        f2 = jnp.where(valid, f2_override, 0.0)
     po = march_dollase(crystal, refl.hkl, instrument.po_ratio, instrument.po_axis)
     lam = instrument.wavelengths[:, None]  # (L, 1)
     sin_t = lam * g[None, :] / 2.0
@@ -406,19 +411,21 @@ def _needed_g(instrument: Instrument, two_theta, config: SimConfig):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _peaks_kernel(crystal, instrument, two_theta, refl, config):
-    t = _peak_table(crystal, instrument, refl, config.form_factors, config.autodiff == "reverse")
+def _peaks_kernel(crystal, instrument, two_theta, refl, config, f2=None):
+    t = _peak_table(crystal, instrument, refl, config.form_factors, config.autodiff == "reverse", f2)
     y = _render(two_theta, t["pos"], t["bragg"], t["intensity"], t["fwhm"], t["eta"], instrument, config)
     ok = coverage_ok(refl, crystal.lattice, _needed_g(instrument, two_theta, config))
     return y, {"overflow": jnp.logical_not(ok), "n_peaks": jnp.sum(t["valid"] & (t["intensity"] > 0))}
 
 
-def simulate_kernel(crystal, instrument, two_theta, refl, config: SimConfig):
+def simulate_kernel(crystal, instrument, two_theta, refl, config: SimConfig, f2=None):
     """Pure, jitted simulator: peaks + background. All arguments must be prepared (see
     :func:`prepare`); ``config`` must be resolved (``window`` set for ``render='window'``).
     Returns ``(intensity, info)``; ``info['overflow']`` is True if the reflection list may miss
-    reflections for the current lattice/range."""
-    y, info = _peaks_kernel(crystal, instrument, two_theta, refl, config)
+    reflections for the current lattice/range. ``f2`` ``(cap,)``: per-row intensities that replace
+    the structure factors' mean |F|² (Le Bail / Pawley fits: LP, multiplicity, Kα2, scale and
+    profile are applied as usual; the crystal then only supplies the lattice)."""
+    y, info = _peaks_kernel(crystal, instrument, two_theta, refl, config, f2)
     return y + chebyshev_background(two_theta, instrument.background), info
 
 

@@ -81,7 +81,7 @@ def _check_int(name, v):
 def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: int = 300, metric: str = "cosine",
           broaden_fwhm: float = 0.3, lr: float = 0.01, seed: int = 0, refine_lattice: bool = False,
           instrument: Instrument | None = None, symprec: float = 0.01, reference=None,
-          matcher: dict | None = None, polish_steps: int = 100) -> SolveResult:
+          matcher: dict | None = None, polish_steps: int = 100, mesh=None) -> SolveResult:
     """Solve the free Wyckoff coordinates of ``template_structure`` against ``(two_theta, y_obs)``.
 
     ``two_theta`` (degrees, increasing, uniform when ``broaden_fwhm > 0``) and ``y_obs`` are 1-D of
@@ -91,6 +91,8 @@ def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: in
     match every result against. ``polish_steps`` (with ``broaden_fwhm > 0``): a second vmapped
     Adam run (``lr / 5``) from every start's best iterate on the unbroadened pattern; ``losses``
     are then those unbroadened losses (``stage1_losses``: the broadened ones).
+    ``mesh`` (a :func:`xtaljax.parallel.batch_mesh`): the starts are split over its devices
+    (padded to a multiple of the device count); the same lanes, the same results.
     Raises a one-line ``ValueError`` on bad input.
     """
     n_starts = _check_int("n_starts", n_starts)
@@ -164,7 +166,7 @@ def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: in
     timings["prepare_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    compiled = run.lower(*args).compile()
+    compiled = _compiled(run, args, mesh)
     timings["compile_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     _, _, q, u, hist, best, ovf = compiled(*args)
@@ -179,7 +181,7 @@ def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: in
         target0 = load_target(template_structure, two_theta=tt, instrument=inst0, symprec=symprec)
         run2 = _runner(((metric, ()),), tt.tobytes(), target0.config, int(polish_steps), float(lr) * 0.2)
         args2 = (lanes, q, u, target0.instrument, jnp.asarray(tt, dt), target0.reflections, jnp.asarray(y, dt))
-        _, _, q, u, _, best, ovf2 = run2(*args2)
+        _, _, q, u, _, best, ovf2 = _compiled(run2, args2, mesh)(*args2)
         ovf = jnp.logical_or(ovf, ovf2)
         best = jax.block_until_ready(best)
         timings["polish_s"] = time.perf_counter() - t1
@@ -216,6 +218,27 @@ def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: in
                        stage1_losses=stage1, free_coords=u_np,
                        coord_free=coord_free, matched=matched, rms=rms, overflow=np.asarray(ovf),
                        space_group=int(np.asarray(tpl.space_group)), timings=timings)
+
+
+def _compiled(run, args, mesh):
+    """``run(lanes, q0, u0, *shared)`` compiled for ``args``, on one device or (``mesh``) split
+    over the mesh's devices: returns a callable of the same ``args`` with per-lane outputs."""
+    if mesh is None:
+        return run.lower(*args).compile()
+    from ..parallel import _unpad, replicate, shard_leading, sharded_vmap
+
+    n = int(np.shape(args[1])[0])
+    fn = sharded_vmap(run, mesh, 3, len(args) - 3, already_batched=True)
+    placed, pad = shard_leading(tuple(args[:3]), mesh)
+    shared = replicate(tuple(args[3:]), mesh)
+    exe = fn.lower(*placed, *shared).compile()
+
+    def call(*a):
+        p, _ = shard_leading(tuple(a[:3]), mesh)
+        out = exe(*p, *replicate(tuple(a[3:]), mesh))
+        return _unpad(out, n) if pad else out
+
+    return call
 
 
 def _orbit_elements(tpl):

@@ -44,12 +44,17 @@ def result_dict(result, *, source: str = "", strategy="") -> dict:
             crystal_sites.append({"label": label, "element": site.element, "wyckoff": f"{site.multiplicity}{site.wyckoff}",
                                   "xyz": [float(v % 1.0) for v in pos], "b_iso": float(p.b_iso[o]),
                                   "occupancy": float(p.occupancy[o])})
-        phases.append({"name": pm.name, "space_group": f"{pm.info.symbol} (No. {pm.info.space_group})",
-                       "lattice": dict(zip(keys, map(float, six))), "lattice_esd": dict(zip(keys, map(float, esd))),
-                       "weight_fraction": float(fr[i]), "scale": float(result.model["scales"][i]),
-                       "sites": crystal_sites})
+        entry = {"name": pm.name, "space_group": f"{pm.info.symbol} (No. {pm.info.space_group})",
+                 "lattice": dict(zip(keys, map(float, six))), "lattice_esd": dict(zip(keys, map(float, esd))),
+                 "weight_fraction": None if prob.lebail else float(fr[i]),
+                 "scale": float(result.model["scales"][i])}
+        if prob.lebail:  # no structure in a Le Bail fit: the extracted reflections instead
+            entry["n_reflections"] = int(len(result.lebail_reflections(i)["intensity"]))
+        else:
+            entry["sites"] = crystal_sites
+        phases.append(entry)
     return {
-        "pattern": source, "strategy": strategy,
+        "pattern": source, "strategy": strategy, "mode": "lebail" if prob.lebail else "rietveld",
         "rwp": st["rwp"], "rp": st["rp"], "gof": st["gof"], "chi2": st["chi2"], "reduced_chi2": st["reduced_chi2"],
         "rwp_wpem": st["rwp_wpem"], "r_expected": st["r_expected"], "n_obs": prob.n_obs, "n_params": len(result.names),
         "definitions": {**st["definitions"], "weight_fraction": "Hill-Howard: S*Z*M*V / sum"},
@@ -73,6 +78,16 @@ def write_outputs(result, out_dir, *, source: str = "", strategy="") -> list[Pat
     ticks = {}
     for i, pm in enumerate(prob.phases):
         six, esd = result.lattice(i)
+        if prob.lebail:  # Le Bail: the extracted intensities, no structure to write
+            t = result.lebail_reflections(i)
+            path = out / f"{_safe(pm.name)}_reflections.csv"
+            table = np.column_stack([t["hkl"], t["multiplicity"], t["d"], t["two_theta"], t["intensity"]])
+            _atomic(path, lambda p, table=table: np.savetxt(
+                p, table, delimiter=",", header="h,k,l,multiplicity,d,two_theta,intensity", comments="",
+                fmt=["%d", "%d", "%d", "%d", "%.6f", "%.5f", "%.6g"]))
+            written.append(path)
+            ticks[pm.name] = result.reflection_positions(i)
+            continue
         site_esd = {}
         for o, label in enumerate(pm.labels):
             for key in ("x", "y", "z", "B", "occ"):

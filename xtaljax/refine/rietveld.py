@@ -32,6 +32,17 @@ like a GSAS-II user's sequence; each stage runs Levenberg–Marquardt (:mod:`xta
 convergence. Everything is float64 and compiled once per problem: the union of all stages is one
 parameter vector and a stage only switches entries on (``active`` mask), so stages do not
 recompile.
+
+**Le Bail mode** (``Problem(..., lebail=True)``): every reflection row gets a free intensity
+``J`` (the model's ``"lebail"`` entry, one ``(capacity,)`` array per phase, standing in for the
+structure's mean |F|²; LP, multiplicity, Kα2 and the profile are applied as usual) and the
+structure plays no part beyond its cell. Each cycle first re-extracts the intensities with the
+Le Bail formula, ``J ← J · Σᵢ Kᵢ (yᵢᵒ − bᵢ)/(yᵢᶜ − bᵢ) / Σᵢ Kᵢ`` (Kᵢ = the row's profile at
+point i, b the background; both sums are VJPs of the calculated pattern with respect to ``J``,
+so the formula holds for any profile the simulator draws), then runs one Levenberg–Marquardt
+cycle on the other parameters (lattice, zero/displacement, profile, background; the phase scale
+is fixed, ``J`` carries it). Stages use the ``"lebail"`` strategy by default; structure groups
+(scale, coords, biso, occupancy, po) are refused.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ..core.crystal import Crystal
@@ -75,7 +87,12 @@ STRATEGIES = {
     # instrument calibration on a standard of known cell (e.g. LaB6 SRM 660): the lattice stays fixed
     "calibration": [_B, _B + ["zero", "displacement"], _B + ["zero", "displacement", "profile"],
                     _B + ["zero", "displacement", "profile", "asymmetry", "coords", "biso"]],
+    # Le Bail (free intensities): no scale, no structure
+    "lebail": [["background"], ["background", "lattice", "displacement"],
+               ["background", "lattice", "displacement", "lorentzian", "asymmetry"]],
 }
+#: groups that a Le Bail fit cannot refine (the free intensities replace the structure and scale)
+LEBAIL_EXCLUDED = ("scale", "coords", "biso", "occupancy", "po")
 
 GROUPS = ("scale", "background", "lattice", "zero", "displacement", "transparency", "gaussian", "lorentzian",
           "profile", "asymmetry", "fcj", "size_strain", "po", "coords", "biso", "occupancy")
@@ -192,11 +209,25 @@ class Problem:
       config: simulator settings (``autodiff`` is forced to ``"forward"``). Default: 8 FCJ
         quadrature points (FAP: wR 9.634 % vs 9.654 % with 16, half the time per cycle).
       margin: relative margin of the reflection enumeration (lattice room before re-enumeration).
+      lebail: Le Bail mode (free intensities per reflection; see the module docstring).
+      lebail_iterations: Le Bail extractions per refinement cycle.
+      lebail_update: ``"lebail"`` (the Le Bail formula: observed net counts shared out in
+        proportion to each reflection's calculated share), ``"wls"`` (the multiplicative
+        weighted-least-squares update ``J ← J · Σᵢ Kᵢ wᵢ (yᵢᵒ − bᵢ)⁺ / Σᵢ Kᵢ wᵢ (yᵢᶜ − bᵢ)``, ISRA,
+        whose fixed point is the non-negative least-squares optimum of the intensities: a Pawley
+        fit with positivity, the same objective as the Levenberg–Marquardt cycles) or
+        ``"lebail+wls"`` (default: the Le Bail formula in every stage but the last, the
+        least-squares update in the last). The Le Bail formula's fixed point is not the
+        least-squares optimum (FAP: wR 9.30 % with it to the end, 8.32 % with the final WLS
+        stage); started from flat intensities with a poor cell, the WLS update drives the
+        intensities of misplaced reflections to zero, from where a multiplicative update cannot
+        bring them back (FAP: 27.5 % with WLS throughout).
     """
 
     def __init__(self, two_theta, y_obs, sigma, phases: Sequence, instrument: Instrument, *, n_background: int = 6,
                  symprec: float = 0.01, merge: bool | None = None, config: SimConfig | None = None,
-                 margin: float = 0.05):
+                 margin: float = 0.05, lebail: bool = False, lebail_iterations: int = 10,
+                 lebail_update: str = "lebail+wls"):
         from ..io.spacegroups import symmetrize
 
         with jax.enable_x64(True):
@@ -254,10 +285,27 @@ class Problem:
             d_max = lam / (2.0 * np.sin(np.radians(tt[-1] / 2)))
             if d_max <= 0:
                 raise RefinementError("wavelength/2θ range give no reflections")
-            self.model0 = {"instrument": inst, "phases": tuple(params), "scales": jnp.ones(len(params))}
-            self.flat0, self.unravel = ravel_pytree(self.model0)
-            self.parameters = self._parameters()
-            self._compiled = {}
+            self.lebail = bool(lebail)
+            if int(lebail_iterations) < 1:
+                raise RefinementError("lebail_iterations must be >= 1")
+            self.lebail_iterations = int(lebail_iterations)
+            if lebail_update not in ("lebail", "wls", "lebail+wls"):
+                raise RefinementError(f"lebail_update must be 'lebail', 'wls' or 'lebail+wls', got {lebail_update!r}")
+            self.lebail_update = lebail_update
+            if self.lebail and use_po:
+                raise RefinementError("Le Bail mode fits free intensities: preferred orientation (po_ratio != 1) "
+                                      "has no meaning there; set it to 1")
+            lb = tuple(jnp.asarray(np.asarray(pm.reflections.mask) > 0, jnp.float64) for pm in self.phases) \
+                if self.lebail else ()
+            self._set_model0({"instrument": inst, "lebail": lb, "phases": tuple(params),
+                              "scales": jnp.ones(len(params))})
+
+    def _set_model0(self, model0) -> None:
+        """The model layout: flat vector, unravel, named parameters (offsets), compiled cache."""
+        self.model0 = model0
+        self.flat0, self.unravel = ravel_pytree(model0)
+        self.parameters = self._parameters()
+        self._compiled = {}
 
     # -- reflections -------------------------------------------------------------------------
     def _reflections(self, pm: PhaseModel, params: SymmetryParams, inst: Instrument):
@@ -272,13 +320,30 @@ class Problem:
             refl = merge_equivalents(refl, pm.info.rotations)
         return refl
 
-    def reenumerate(self, model) -> None:
+    def reenumerate(self, model):
         """Enumerate every phase's reflections again around the current lattice (after an
-        overflow flag), and drop the compiled functions."""
+        overflow flag), and drop the compiled functions. Returns the model (in Le Bail mode with
+        the intensities carried over to the new rows by hkl, and a new layout)."""
         with jax.enable_x64(True):
+            old = [pm.reflections for pm in self.phases]
             for pm, p in zip(self.phases, model["phases"]):
                 pm.reflections = self._reflections(pm, p, model["instrument"])
-        self._compiled = {}
+            self._compiled = {}
+            if not self.lebail:
+                return model
+            lb = []
+            for pm, r0, j0 in zip(self.phases, old, model["lebail"]):
+                m0 = np.asarray(r0.mask) > 0
+                prev = {tuple(h): float(v) for h, v in zip(np.rint(np.asarray(r0.hkl)[m0]).astype(int),
+                                                           np.asarray(j0)[m0])}
+                fill = float(np.median(list(prev.values()))) if prev else 1.0
+                hkl = np.rint(np.asarray(pm.reflections.hkl)).astype(int)
+                m1 = np.asarray(pm.reflections.mask) > 0
+                lb.append(jnp.asarray([prev.get(tuple(h), fill) if ok else 0.0 for h, ok in zip(hkl, m1)],
+                                      jnp.float64))
+            model = {**model, "lebail": tuple(lb)}
+            self._set_model0({**self.model0, "lebail": tuple(lb)})
+            return model
 
     # -- parameters --------------------------------------------------------------------------
     def _parameters(self) -> list[Parameter]:
@@ -342,9 +407,10 @@ class Problem:
         no_bkg = inst.replace(background=jnp.zeros((1,), inst.background.dtype))
         tt = jnp.asarray(self.two_theta)
         parts, overflow = [], jnp.array(False)
-        for pm, p, s in zip(self.phases, model["phases"], model["scales"]):
+        lb = model.get("lebail") or (None,) * len(self.phases)
+        for pm, p, s, f2 in zip(self.phases, model["phases"], model["scales"], lb):
             crystal = expand(pm.template, p)
-            y, info = simulate_kernel(crystal, no_bkg, tt, pm.reflections, self.config)
+            y, info = simulate_kernel(crystal, no_bkg, tt, pm.reflections, self.config, f2)
             parts.append(s * y)
             overflow = overflow | info["overflow"]
         y = sum(parts) + chebyshev_background(tt, inst.background)
@@ -393,6 +459,8 @@ class Problem:
         ``y_obs`` ``(B, N)`` (``sigma`` ``(B, N)``, default √max(y, 1)), all from the same
         starting ``model``. Returns ``(values (B, P), names, chi2 (B,), cycles (B,))`` for the
         parameters of the last stage. One compilation for all stages and patterns."""
+        if self.lebail:
+            raise RefinementError("refine_batch does not run Le Bail fits (one pattern at a time: refine())")
         stages = _stages(strategy)
         with jax.enable_x64(True):
             yo = jnp.asarray(y_obs, jnp.float64)
@@ -450,9 +518,18 @@ class Problem:
     def refine(self, strategy: str | Sequence[Sequence[str]] = "default", *, model=None, max_cycles: int = 20,
                tol: float = 1e-3, progress: Callable | bool | None = True) -> "Result":
         """Run a staged refinement; returns a :class:`Result` (final model, R-factors, esd's)."""
+        if self.lebail and strategy == "default":
+            strategy = "lebail"
         stages = _stages(strategy)
+        if self.lebail:
+            bad = sorted({p.group for st in stages for p in self.select(st)} & set(LEBAIL_EXCLUDED))
+            if bad:
+                raise RefinementError(f"Le Bail mode refines no structure or scale: drop {', '.join(bad)} "
+                                      "from the strategy (or use strategy='lebail')")
         with jax.enable_x64(True):
             model = model if model is not None else self.model0
+            if self.lebail:
+                model = self._lebail_start(model)
             union = self.select([g for st in stages for g in st])
             union_names = [p.name for p in union]
             z = _gather(ravel_pytree(model)[0], union)
@@ -471,11 +548,16 @@ class Problem:
                     model = self.model_of(z, union, model)
                 init_fn, cycle_fn = self._cycle(union, model)
                 state = init_fn(z, lam)
+                chi2_prev = np.inf
                 for _ in range(max_cycles):
+                    if self.lebail:  # re-extract the intensities at the current parameters
+                        model = self._lebail_extract(self.model_of(state.z, union, model),
+                                                     last_stage=k == len(stages) - 1)
+                        init_fn, cycle_fn = self._cycle(union, model)
                     state = cycle_fn(state, active, lo, hi)
                     if bool(state.aux["overflow"]):  # the lattice moved beyond the enumerated reflections
-                        model = self.model_of(state.z, union, model)
-                        self.reenumerate(model)
+                        model = self.reenumerate(self.model_of(state.z, union, model))
+                        union = self.select([g for st in stages for g in st])
                         init_fn, cycle_fn = self._cycle(union, model)
                         state = init_fn(state.z, float(state.lam))
                     chi2 = float(state.chi2)
@@ -484,7 +566,11 @@ class Problem:
                                     "lambda": float(state.lam), "accepted": bool(state.accepted),
                                     "n_singular": int(state.n_singular), "seconds": time.perf_counter() - t0})
                     report(history[-1], stage)
-                    if not bool(state.accepted) or float(state.rel_change) < tol:
+                    if self.lebail:  # converged when a whole cycle (extraction + LM) stops gaining
+                        if np.isfinite(chi2_prev) and abs(chi2_prev - chi2) < tol * chi2_prev:
+                            break
+                        chi2_prev = chi2
+                    elif not bool(state.accepted) or float(state.rel_change) < tol:
                         break
                 z = state.z
                 lam = float(state.lam)
@@ -494,6 +580,48 @@ class Problem:
             final_active = jnp.asarray([1.0 if p.name in {q.name for q in self.select(stages[-1])} else 0.0
                                         for p in union])
             return self._result(model, union, final_active, history, time.perf_counter() - t0, state)
+
+    # -- Le Bail ----------------------------------------------------------------------------
+    def _lebail_start(self, model):
+        """Scale and background by linear least squares on the current intensities, the scale
+        then folded into the intensities (the phase scales stay 1)."""
+        model = self.initial_linear_fit(model)
+        lb = tuple(j * s for j, s in zip(model["lebail"], model["scales"]))
+        return {**model, "lebail": lb, "scales": jnp.ones(len(self.phases))}
+
+    def _lebail_extract(self, model, last_stage: bool = False):
+        """``lebail_iterations`` Le Bail extractions of every phase's intensities (compiled)."""
+        wls = self.lebail_update == "wls" or (self.lebail_update == "lebail+wls" and last_stage)
+        key = ("lebail_extract", self.lebail_iterations, wls)
+        if key not in self._compiled:
+            yo = jnp.asarray(self.y_obs)
+            fit = jnp.asarray(self.weights > 0, jnp.float64)
+            wts = jnp.asarray(self.weights)
+            tt = jnp.asarray(self.two_theta)
+
+            @jax.jit
+            def extract(model):
+                bkg = chebyshev_background(tt, model["instrument"].background)
+
+                def body(_, lb):
+                    y, vjp = jax.vjp(lambda j: self.calc({**model, "lebail": j})[0], lb)
+                    net = y - bkg
+                    tiny = 1e-12 * jnp.max(jnp.abs(net))
+                    if wls:  # ISRA: Σ_i K_ri w_i (yo - b)+ / Σ_i K_ri w_i (yc - b)
+                        (num,) = vjp(wts * jnp.maximum(yo - bkg, 0.0))
+                        (den,) = vjp(wts * jnp.maximum(net, 0.0))
+                    else:  # Le Bail: Σ_i K_ri (yo - b)/(yc - b) / Σ_i K_ri
+                        ratio = jnp.where((fit > 0) & (net > tiny),
+                                          jnp.maximum(yo - bkg, 0.0) / jnp.maximum(net, tiny), 0.0)
+                        (num,) = vjp(ratio)
+                        (den,) = vjp(fit)
+                    return tuple(jnp.where(d > 0, j * n / jnp.where(d > 0, d, 1.0), j)
+                                 for j, n, d in zip(lb, num, den))
+
+                return lax.fori_loop(0, self.lebail_iterations, body, model["lebail"])
+
+            self._compiled[key] = extract
+        return {**model, "lebail": self._compiled[key](model)}
 
     # -- compiled pieces (one per reflection-list state) -----------------------------------
     def _cycle(self, union, model):
@@ -656,9 +784,36 @@ class Result:
         tt = self.problem.two_theta
         return np.sort(pos[(pos >= tt[0]) & (pos <= tt[-1])])
 
+    def lebail_reflections(self, i: int = 0) -> dict:
+        """Le Bail fits: phase ``i``'s extracted intensities, one entry per reflection row in the
+        fit range (arrays): ``hkl``, ``multiplicity`` (Friedel pair × merged equivalents), ``d``
+        (Å), ``two_theta`` (first line, shifts included) and ``intensity`` — the row's mean
+        |F|² on the scale of the fit (the simulator applies LP, multiplicity, Kα2 and profile)."""
+        if not self.problem.lebail:
+            raise RefinementError("lebail_reflections() needs a Le Bail fit (Problem(..., lebail=True))")
+        pm = self.problem.phases[i]
+        with jax.enable_x64(True):
+            t = _positions_jit(self.crystal(i), self.model["instrument"], pm.reflections,
+                               self.problem.config.form_factors)
+            n = pm.reflections.capacity
+            pos = np.asarray(t["pos"])[:n]
+            ok = np.asarray(t["valid"])[:n]
+            rec = np.linalg.inv(np.asarray(self.crystal(i).lattice, np.float64)).T
+        hkl = np.rint(np.asarray(pm.reflections.hkl)).astype(int)
+        tt = self.problem.two_theta
+        keep = ok & (pos >= tt[0]) & (pos <= tt[-1])
+        order = np.argsort(pos[keep], kind="stable")
+        g = np.linalg.norm(hkl[keep] @ rec, axis=1)
+        return {"hkl": hkl[keep][order], "multiplicity": 2 * np.asarray(pm.reflections.mask)[keep][order],
+                "d": (1.0 / g)[order], "two_theta": pos[keep][order],
+                "intensity": np.asarray(self.model["lebail"][i])[keep][order]}
+
     def weight_fractions(self) -> np.ndarray:
         """Hill–Howard: W_p = S_p (ZMV)_p / Σ S (ZMV) with ZM the cell mass (occupancy-weighted) and
-        V the cell volume (the scale multiplies |F|² of one cell, no 1/V² in the model)."""
+        V the cell volume (the scale multiplies |F|² of one cell, no 1/V² in the model). NaN in a
+        Le Bail fit (no structure, no scale)."""
+        if self.problem.lebail:
+            return np.full(len(self.problem.phases), np.nan)
         w = []
         for i, pm in enumerate(self.problem.phases):
             p = self.model["phases"][i]
