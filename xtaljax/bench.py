@@ -17,7 +17,8 @@ sharding   benchmarks/sharding_scaling.py devices vs time, identical results
 pywpem     benchmarks/wpem_vs_pywpem.py   Mn2O3: PyWPEM vs xtaljax decompose, time and Rwp
 ========== ============================== ==============================================
 
-``grad`` is part of ``simulate`` (value_and_grad is measured in the same run). ``pywpem`` is the
+``grad`` runs ``simulate`` too (value_and_grad is measured in the same run as the forward
+pass; ``all`` runs it once, as ``simulate``). ``pywpem`` is the
 EM suite's peer: PyWPEM (PyPI ``pyxplore``) in its own virtual environment
 (``benchmarks/.venv-pywpem``, created on first use: ~2.7 GB, it pins an old numpy), run on the
 Mn2O3 tutorial pattern for 3 / 10 / 50 EM iterations (tiny / small / full; 50 is PyWPEM's
@@ -37,6 +38,7 @@ from pathlib import Path
 #: suite -> (script, {requested size: script size, or the script's own arguments}, extra args)
 SUITES = {
     "simulate": ("simulate.py", {"tiny": "tiny", "small": "small", "full": "full"}, ["--peers", "all"]),
+    "grad": ("simulate.py", {"tiny": "tiny", "small": "small", "full": "full"}, ["--peers", "none"]),
     "refine": ("refine_batch.py", {"tiny": "tiny", "small": "small", "full": "full"}, []),
     "em": ("wpem_series.py", {"tiny": "tiny", "small": "small", "full": "full"}, []),
     "landscape": ("landscape_study.py", {"tiny": "tiny", "small": "tiny", "full": "full"}, []),
@@ -75,6 +77,11 @@ def headline(suite: str, res: dict) -> list[tuple[str, object]]:
                 ("pymatgen sticks/s", _get(res, "peers.pymatgen_sticks.per_s")),
                 ("compile s", _get(res, "results.bucketed.compile_forward_s")),
                 ("GFLOP/s", _get(res, "results.bucketed.roofline.achieved_gflops"))]
+    if suite == "grad":
+        return [("value_and_grad/s", _get(res, "results.bucketed.value_and_grad.per_s")),
+                ("grad/forward", _get(res, "results.bucketed.value_and_grad.ratio_to_forward")),
+                ("patterns/s", _get(res, "results.bucketed.forward.patterns_per_s")),
+                ("compile value_and_grad s", _get(res, "results.bucketed.compile_value_and_grad_s"))]
     if suite == "refine":
         return [("batch patterns/s", _get(res, "results.batch_patterns_per_s")),
                 ("sequential s/pattern", _get(res, "results.sequential_seconds_per_pattern_steady")),

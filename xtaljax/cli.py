@@ -237,7 +237,7 @@ def cmd_refine(args) -> int:
     print(f"refining {Path(args.pattern).name}: {len(pat)} points, 2θ {pat.two_theta[0]:g}-{pat.two_theta[-1]:g}°, "
           f"phases {', '.join(n for n, _ in phases)}, strategy {args.strategy}", file=sys.stderr)
     prob = Problem(pat.two_theta, pat.intensity, pat.sigma, phases, inst, n_background=args.background,
-                   lebail=args.lebail)
+                   lebail=getattr(args, "lebail", False))
     result = prob.refine(args.strategy, max_cycles=args.max_cycles)
     files = write_outputs(result, args.out, source=str(args.pattern), strategy=args.strategy)
     st = result.stats
@@ -359,7 +359,7 @@ def cmd_decompose(args) -> int:
 def cmd_bench(args) -> int:
     from xtaljax.bench import SUITES, BenchError, format_table, run
 
-    suites = list(SUITES) if "all" in args.suite else args.suite
+    suites = [k for k in SUITES if k != "grad"] if "all" in args.suite else args.suite
     try:
         report = run(suites, args.size, args.out)
     except BenchError as exc:
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.set_defaults(func=cmd_demo)
     bp = sub.add_parser("bench", help="run benchmark suites (from a repository checkout) and print one table")
     bp.add_argument("--suite", nargs="+", default=["all"],
-                    help="simulate refine em landscape sharding pywpem, or all (grad is part of simulate)")
+                    help="simulate grad refine em landscape sharding pywpem, or all (all runs grad inside simulate)")
     bp.add_argument("--size", choices=("tiny", "small", "full"), default="small")
     bp.add_argument("--out", help="JSON with every suite's own JSON and the headline numbers")
     bp.set_defaults(func=cmd_bench)

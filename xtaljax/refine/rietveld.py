@@ -583,11 +583,29 @@ class Problem:
 
     # -- Le Bail ----------------------------------------------------------------------------
     def _lebail_start(self, model):
-        """Scale and background by linear least squares on the current intensities, the scale
-        then folded into the intensities (the phase scales stay 1)."""
-        model = self.initial_linear_fit(model)
-        lb = tuple(j * s for j, s in zip(model["lebail"], model["scales"]))
-        return {**model, "lebail": lb, "scales": jnp.ones(len(self.phases))}
+        """Starting background and intensity scale of a Le Bail fit. The background is the lower
+        envelope of the data (a Chebyshev fit clipped to the data, repeated 20 times, as WPEM
+        starts): a least-squares background under flat starting intensities would sink beneath
+        misplaced peaks and feed the extraction counts that belong to no reflection. The
+        intensities' common scale then comes from a linear fit of the net pattern (the phase
+        scales stay 1)."""
+        tt = jnp.asarray(self.two_theta)
+        n_b = model["instrument"].background.shape[0]
+        basis = np.stack([np.asarray(chebyshev_background(tt, jnp.asarray(np.eye(n_b)[k]))) for k in range(n_b)], 1)
+        fitted = self.weights > 0
+        yb = self.y_obs.copy()
+        for _ in range(20):
+            coef, *_ = np.linalg.lstsq(basis[fitted], yb[fitted], rcond=None)
+            yb = np.minimum(self.y_obs, basis @ coef)
+        inst = model["instrument"].replace(background=jnp.asarray(coef))
+        model = {**model, "instrument": inst, "scales": jnp.ones(len(self.phases))}
+        _, parts, _ = self._calc_parts(model)
+        peaks = np.sum([np.asarray(q) for q in parts], axis=0)
+        net = self.y_obs - basis @ coef
+        sw = self.weights
+        s = float(np.sum(sw * peaks * net) / max(np.sum(sw * peaks * peaks), 1e-300))
+        s = s if s > 0 else 1.0
+        return {**model, "lebail": tuple(j * s for j in model["lebail"])}
 
     def _lebail_extract(self, model, last_stage: bool = False):
         """``lebail_iterations`` Le Bail extractions of every phase's intensities (compiled)."""
