@@ -78,6 +78,8 @@ def test_lebail_bad_input(x64):
         prob.refine_batch(np.ones((2, tt.size)))
     with pytest.raises(RefinementError, match="preferred orientation"):
         Problem(tt, np.ones_like(tt), np.ones_like(tt), [("R", _rutile())], inst.replace(po_ratio=1.2), lebail=True)
+    with pytest.raises(RefinementError, match="strategy 'lebail' is for a Le Bail fit"):
+        Problem(tt, np.ones_like(tt) * 10, np.ones_like(tt), [("R", _rutile())], inst).refine("lebail", progress=False)
     with pytest.raises(RefinementError, match="needs a Le Bail fit"):
         Problem(tt, np.ones_like(tt) * 10, np.ones_like(tt), [("R", _rutile())], inst).refine(
             "scale", progress=False).lebail_reflections(0)

@@ -241,15 +241,22 @@ def _crystal(template, q, u, s, b, occ):
     return expand(template, SymmetryParams(lattice=q * s, coords=u, b_iso=b, occupancy=occ))
 
 
+#: lanes per vmap on a CPU (see ``recover(lane_chunk=)``)
+LANE_CHUNK_CPU = 50
+
+
 @functools.lru_cache(maxsize=32)
-def _runner(metric_key: tuple, tt_key: bytes, config: SimConfig, steps: int, lr: float, groups: tuple | None = None):
+def _runner(metric_key: tuple, tt_key: bytes, config: SimConfig, steps: int, lr: float, groups: tuple | None = None,
+            chunk: int | None = None):
     """Jitted ``run(lanes, q0, u0, inst, tt, refl, target_y) -> (q_last, u_last, q_best, u_best,
     losses (L, steps + 1), best_loss (L,), overflow (L,))``; one compilation per shape.
 
     ``groups``: lane counts per metric, the lanes sorted by metric (metric-major): each group is
     its own ``vmap`` with its metric fixed. Without it a lane's metric is chosen by its index
     with ``lax.switch``, which under ``vmap`` evaluates every metric for every lane (three
-    metrics: 2,170 against 3,200 lane-steps/s on 2 CPU cores)."""
+    metrics: 2,170 against 3,200 lane-steps/s on 2 CPU cores). ``chunk``: at most this many lanes
+    per ``vmap`` (the groups are split; the chunks run one after the other in the same program),
+    which keeps a step's working set in cache on a CPU."""
     tt = np.frombuffer(tt_key, np.float64)
     metrics = [get_metric(name, tt, **dict(opts)) for name, opts in metric_key]
     import optax
@@ -299,11 +306,21 @@ def _runner(metric_key: tuple, tt_key: bytes, config: SimConfig, steps: int, lr:
 
     def run_groups(lanes, q0, u0, inst, tt_j, refl, y_t):
         outs, off = [], 0
-        for j, n in enumerate(groups):
-            take = lambda x, off=off, n=n: x[off:off + n]  # noqa: E731
-            outs.append(jax.vmap(functools.partial(run_one, only=j), in_axes=axes)(
-                jax.tree_util.tree_map(take, lanes), take(q0), take(u0), inst, tt_j, refl, y_t))
-            off += n
+        for j, n_group in enumerate(groups):
+            take = lambda x, off=off, n=n_group: x[off:off + n]  # noqa: E731
+            args = (jax.tree_util.tree_map(take, lanes), take(q0), take(u0))
+            one = jax.vmap(functools.partial(run_one, only=j), in_axes=axes)
+            size = n_group if not chunk else min(int(chunk), n_group)
+            if size == n_group:
+                outs.append(one(*args, inst, tt_j, refl, y_t))
+            else:  # equal chunks one after the other (lax.map: compiled once), the rest as one more vmap
+                n_full = n_group // size * size
+                head = jax.tree_util.tree_map(lambda x: x[:n_full].reshape((n_full // size, size) + x.shape[1:]), args)
+                res = jax.lax.map(lambda a: one(*a, inst, tt_j, refl, y_t), head)
+                outs.append(jax.tree_util.tree_map(lambda x: x.reshape((n_full,) + x.shape[2:]), res))
+                if n_full < n_group:
+                    outs.append(one(*jax.tree_util.tree_map(lambda x: x[n_full:], args), inst, tt_j, refl, y_t))
+            off += n_group
         return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
 
     return jax.jit(run_groups)
@@ -349,13 +366,15 @@ class RecoveryResult:
 def recover(target: Target, n_distortions: int = 8, spec: DistortionSpec | None = None, *,
             modes=PARAMETRISATIONS, metrics=("cosine", "mse", "entropy"), metric_options: dict | None = None,
             steps: int = 500, lr: float = 0.005, seed: int = 0, matcher: dict | None = None,
-            keep_structures: bool = False) -> RecoveryResult:
+            keep_structures: bool = False, lane_chunk="auto") -> RecoveryResult:
     """Distort ``target`` ``n_distortions`` times and run Adam for ``steps`` steps from every
     start in every parametrisation of ``modes`` for every metric of ``metrics`` (one vmapped
     call), then match each result to the truth.
 
     ``metric_options``: keyword options for :func:`.metrics.get_metric` (``broaden_fwhm``,
-    ``gamma``, ``dtw_points``), the same for all metrics. Raises ``ValueError`` for ``steps < 1``,
+    ``gamma``, ``dtw_points``), the same for all metrics. ``lane_chunk``: lanes per ``vmap``
+    (``"auto"``: :data:`LANE_CHUNK_CPU` on a CPU, all of a metric's lanes at once on an
+    accelerator; ``None``: no split). Raises ``ValueError`` for ``steps < 1``,
     unknown modes/metrics, or invalid distortion sigmas.
     """
     import time
@@ -408,8 +427,11 @@ def recover(target: Target, n_distortions: int = 8, spec: DistortionSpec | None 
     n_m, n_k, n_d = len(modes), len(metrics), n_distortions
     to_metric_major = np.arange(n_m * n_k * n_d).reshape(n_m, n_k, n_d).transpose(1, 0, 2).reshape(-1)
     back = np.argsort(to_metric_major)
+    if lane_chunk == "auto":  # on a CPU, vmaps of a few dozen lanes keep a step's arrays in cache
+        lane_chunk = LANE_CHUNK_CPU if jax.default_backend() == "cpu" else None
+    split = n_k > 1 or (lane_chunk is not None and lane_chunk < n_m * n_d)
     run = _runner(metric_key, np.asarray(target.two_theta, np.float64).tobytes(), target.config, int(steps), float(lr),
-                  groups=(n_m * n_d,) * n_k if n_k > 1 else None)
+                  groups=(n_m * n_d,) * n_k if split else None, chunk=lane_chunk if split else None)
     tt_j = jnp.asarray(target.two_theta, dt)
     timings["prepare_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -520,6 +520,8 @@ class Problem:
         """Run a staged refinement; returns a :class:`Result` (final model, R-factors, esd's)."""
         if self.lebail and strategy == "default":
             strategy = "lebail"
+        if not self.lebail and strategy == "lebail":
+            raise RefinementError("strategy 'lebail' is for a Le Bail fit: Problem(..., lebail=True) / --lebail")
         stages = _stages(strategy)
         if self.lebail:
             bad = sorted({p.group for st in stages for p in self.select(st)} & set(LEBAIL_EXCLUDED))
@@ -527,9 +529,9 @@ class Problem:
                 raise RefinementError(f"Le Bail mode refines no structure or scale: drop {', '.join(bad)} "
                                       "from the strategy (or use strategy='lebail')")
         with jax.enable_x64(True):
+            if self.lebail and model is None:  # a given model (e.g. a previous fit's) is taken as it is
+                model = self._lebail_start(self.model0)
             model = model if model is not None else self.model0
-            if self.lebail:
-                model = self._lebail_start(model)
             union = self.select([g for st in stages for g in st])
             union_names = [p.name for p in union]
             z = _gather(ravel_pytree(model)[0], union)
