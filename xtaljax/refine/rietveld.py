@@ -41,8 +41,10 @@ Le Bail formula, ``J ← J · Σᵢ Kᵢ (yᵢᵒ − bᵢ)/(yᵢᶜ − bᵢ) /
 point i, b the background; both sums are VJPs of the calculated pattern with respect to ``J``,
 so the formula holds for any profile the simulator draws), then runs one Levenberg–Marquardt
 cycle on the other parameters (lattice, zero/displacement, profile, background; the phase scale
-is fixed, ``J`` carries it). Stages use the ``"lebail"`` strategy by default; structure groups
-(scale, coords, biso, occupancy, po) are refused.
+is fixed, ``J`` carries it). In the last stage the extraction switches to the weighted
+least-squares update (``lebail_update``), so the fit ends at the least-squares optimum of the
+intensities (a Pawley fit with positivity). Stages use the ``"lebail"`` strategy by default;
+structure groups (scale, coords, biso, occupancy, po) are refused.
 """
 
 from __future__ import annotations
