@@ -35,7 +35,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
 import sys

@@ -141,7 +141,7 @@ def symmetrize(structure, symprec: float = 0.01, angle_tolerance: float = -1.0, 
     import spglib
     from pymatgen.core import Structure
 
-    from ..core.scattering import element_of, scatterer_names
+    from ..core.scattering import scatterer_names
     from .structures import _scatterer_for, load_structure, to_pymatgen
 
     if isinstance(structure, Crystal):
