@@ -106,3 +106,28 @@ def test_cli_lebail_fap(tmp_path):
     assert table.shape[1] == 7 and table.shape[0] == r["phases"][0]["n_reflections"] > 100
     assert np.all(table[:, 6] >= 0) and np.all(np.diff(table[:, 5]) >= 0)
     assert (out / "fit.png").stat().st_size > 0 and not (out / "FAP.cif").exists()
+
+
+def test_lebail_two_phases(x64):
+    """Si + NaCl (both cells shifted from the CIFs'): each phase keeps its own free intensities;
+    both cells come back within 4 esd and the fit reaches the noise."""
+    from pymatgen.core import Lattice, Structure
+
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    tt = np.arange(20.0, 100.0, 0.02)
+    inst = xj.Instrument.cu_kalpha(u=2e-4, v=-2e-4, w=5e-4, x=0.03, y=0.02)
+    phases = [("Si", si), ("NaCl", nacl)]
+    sim = Problem(tt, np.ones_like(tt), np.ones_like(tt), phases, inst, n_background=2)
+    calc = jax.jit(lambda mm: sim.calc(mm)[0])
+    m = sim.with_values(sim.model0, {"bkg0": 50.0, "Si:a": 5.4335, "NaCl:a": 5.6385, "NaCl:scale": 0.5})
+    k = 2e4 / float(np.max(np.asarray(calc(m))))
+    m = sim.with_values(m, {"Si:scale": k, "NaCl:scale": 0.5 * k})
+    y = np.random.default_rng(2).poisson(np.asarray(calc(m))).astype(float)
+    res = Problem(tt, y, np.sqrt(np.maximum(y, 1)), phases, inst, n_background=2, lebail=True).refine(
+        "lebail", progress=False)
+    for i, a_true in enumerate((5.4335, 5.6385)):
+        six, esd = res.lattice(i)
+        assert abs(six[0] - a_true) < 4 * esd[0], (i, six[0], esd[0])
+        assert len(res.lebail_reflections(i)["intensity"]) > 10
+    assert res.stats["gof"] < 1.1, res.stats
