@@ -212,7 +212,7 @@ def run_mode(name, crystals, refls, instrument, grid, config, args, dtype):
     x = jnp.asarray(grid, dtype)
     t_prep = time.perf_counter()
     groups = make_groups(crystals, refls, name == "bucketed")
-    rep = max(int(getattr(args, "replicate", 1)), 1)
+    rep = args.replicate
     groups = [idx * rep for idx in groups]  # --replicate: each structure R times (same values)
     batches, meta = [], []
     for idx in groups:

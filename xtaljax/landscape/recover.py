@@ -268,7 +268,7 @@ def _runner(metric_key: tuple, tt_key: bytes, config: SimConfig, steps: int, lr:
         raise ValueError("several metrics need groups= (lane counts per metric, metric-major)")
 
     def lane_loss(q, u, lane, inst, tt_j, refl, y_t, only=0):
-        tpl, s, b, occ, _ = lane
+        tpl, s, b, occ = lane
         crystal = _crystal(tpl, q, u, s, b, occ)
         y, info = simulate(crystal, inst, tt_j, refl, config, return_info=True)
         return metrics[only].loss(y, y_t), info["overflow"]
@@ -402,22 +402,21 @@ def recover(target: Target, n_distortions: int = 8, spec: DistortionSpec | None 
     lanes_t = _lane_templates(target)
     dt = c.frac.dtype
     # lanes ordered [mode, metric, distortion]
-    tpls, ss, bs, occs, midx, q0s, u0s = [], [], [], [], [], [], []
+    tpls, ss, bs, occs, q0s, u0s = [], [], [], [], [], []
     for mode in modes:
         tpl, b, occ = lanes_t[mode]
         q, u, s = starts[mode]
-        for j in range(len(metrics)):
+        for _ in metrics:
             for d in range(n_distortions):
                 tpls.append(tpl)
                 ss.append(s)
                 bs.append(b)
                 occs.append(occ)
-                midx.append(j)
                 q0s.append(q[d])
                 u0s.append(u[d])
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
     lanes = (stack(tpls), jnp.asarray(np.stack(ss), dt), jnp.asarray(np.stack(bs), dt),
-             jnp.asarray(np.stack(occs), dt), jnp.asarray(midx, jnp.int32))
+             jnp.asarray(np.stack(occs), dt))
     q0 = jnp.asarray(np.stack(q0s), dt)
     u0 = jnp.asarray(np.stack(u0s), dt)
     opts = tuple(sorted((metric_options or {}).items()))
@@ -429,6 +428,8 @@ def recover(target: Target, n_distortions: int = 8, spec: DistortionSpec | None 
     back = np.argsort(to_metric_major)
     if lane_chunk == "auto":  # on a CPU, vmaps of a few dozen lanes keep a step's arrays in cache
         lane_chunk = LANE_CHUNK_CPU if jax.default_backend() == "cpu" else None
+    elif lane_chunk is not None and (isinstance(lane_chunk, bool) or int(lane_chunk) != lane_chunk or lane_chunk < 1):
+        raise ValueError(f"lane_chunk must be a positive integer, 'auto' or None, got {lane_chunk!r}")
     split = n_k > 1 or (lane_chunk is not None and lane_chunk < n_m * n_d)
     run = _runner(metric_key, np.asarray(target.two_theta, np.float64).tobytes(), target.config, int(steps), float(lr),
                   groups=(n_m * n_d,) * n_k if split else None, chunk=lane_chunk if split else None)

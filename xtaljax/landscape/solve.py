@@ -157,8 +157,7 @@ def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: in
     u0 = rng.uniform(0.0, 1.0, (n_starts,) + coord_free.shape) * coord_free[None]
     q0 = np.broadcast_to(q_init, (n_starts, 6))
     bc = lambda x: jnp.broadcast_to(x, (n_starts,) + jnp.shape(x))  # noqa: E731
-    lanes = (jax.tree_util.tree_map(bc, tpl), bc(jnp.asarray(s, dt)), bc(jnp.asarray(b, dt)), bc(jnp.asarray(occ, dt)),
-             jnp.zeros(n_starts, jnp.int32))
+    lanes = (jax.tree_util.tree_map(bc, tpl), bc(jnp.asarray(s, dt)), bc(jnp.asarray(b, dt)), bc(jnp.asarray(occ, dt)))
     q0j, u0j = jnp.asarray(q0, dt), jnp.asarray(u0, dt)
     run = _runner(((metric, ()),), tt.tobytes(), target.config, steps, float(lr))
     y_t = jnp.asarray(y_fit, dt)
