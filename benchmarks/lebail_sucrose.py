@@ -21,15 +21,32 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "patterns" / "sucrose_11bm"
-LIT = (10.8654, 8.7028, 7.7584, 102.94)  # room-temperature literature cell (Å, °)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wpem_sucrose import DATA, KEYS, LIT_CELL, load, run_wpem, sucrose_cell  # noqa: E402
+
 STRATEGY = [["background"], ["background", "lattice", "zero"], ["background", "lattice", "zero", "profile", "asymmetry"]]
+
+
+def scan_factor(pat, inst, background: int, search: float = 0.01) -> float:
+    """The isotropic cell factor of WPEM's start (lower-envelope background, then the scan)."""
+    import jax.numpy as jnp
+
+    from xtaljax.em.wpem import _cheb_basis, _initial_intensities, build_problem
+
+    prob, st0 = build_problem(pat.two_theta, [("sucrose", sucrose_cell())], inst, n_background=background,
+                              window_fwhm=30.0, search=search)
+    with jax.enable_x64(True):
+        x = jnp.asarray(pat.two_theta)
+        st = _initial_intensities(prob, st0, jnp.asarray(pat.intensity), x, jnp.asarray(np.gradient(pat.two_theta)),
+                                  _cheb_basis(x, background))
+    return float(np.asarray(st.lattice)[0, 0] / np.asarray(st0.lattice)[0, 0])
 
 
 def main(argv=None) -> int:
@@ -40,66 +57,32 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-wpem", action="store_true", help="only the Le Bail fit")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    from pymatgen.core import Lattice, Structure
-
-    from xtaljax.em.wpem import build_problem, decompose
-    from xtaljax.io import read_instrument, read_pattern
     from xtaljax.refine.rietveld import Problem
 
-    pat = read_pattern(DATA / "11bmb_8716.fxye").restrict(*args.range)
-    inst = read_instrument(DATA / "11bmb_8716.prm")
-
-    def cell(f):
-        a, b, c, beta = LIT
-        return Structure.from_spacegroup("P2_1", Lattice.monoclinic(a * f, b * f, c * f, beta), ["C"], [[0.1, 0.2, 0.3]])
-
-    keys = ("a", "b", "c", "alpha", "beta", "gamma")
+    pat, inst = load(args.range)
+    f = scan_factor(pat, inst, args.background)
     out = {"benchmark": "lebail_sucrose", "data": str(DATA / "11bmb_8716.fxye"),
            "device": {"platform": jax.devices()[0].platform, "cpu": platform.processor() or platform.machine()},
            "versions": {"jax": jax.__version__, "python": platform.python_version()},
            "settings": {"range": list(args.range), "n_points": int(len(pat.two_theta)), "n_background": args.background,
-                        "lebail_strategy": STRATEGY, "max_cycles": args.max_cycles, "literature_cell": LIT},
+                        "lebail_strategy": STRATEGY, "max_cycles": args.max_cycles, "literature_cell": LIT_CELL,
+                        "isotropic_factor_from_scan": f},
            "note": "lattices in spglib's standard setting (a and c exchanged against the literature's)"}
-
-    # the isotropic scan WPEM runs (its factor also starts the Le Bail fit)
-    t0 = time.perf_counter()
-    setup = build_problem(pat.two_theta, [("sucrose", cell(1.0))], inst, n_background=args.background,
-                          window_fwhm=30.0, search=0.01)
-    import jax.numpy as jnp
-
-    from xtaljax.em.wpem import _cheb_basis, _initial_intensities
-
-    with jax.enable_x64(True):
-        x = jnp.asarray(pat.two_theta)
-        st = _initial_intensities(setup[0], setup[1], jnp.asarray(pat.intensity), x, jnp.asarray(np.gradient(pat.two_theta)),
-                                  _cheb_basis(x, args.background))
-    f = float(np.asarray(st.lattice)[0, 0] / np.asarray(setup[1].lattice)[0, 0])
-    out["settings"]["isotropic_factor_from_scan"] = f
     for key, asym in (("wpem", False), ("wpem_asymmetry", True)):
         if args.skip_wpem:
             break
-        t0 = time.perf_counter()
-        prob_em = build_problem(pat.two_theta, [("sucrose", cell(1.0))], inst, n_background=args.background,
-                                window_fwhm=30.0, search=0.01, asymmetry=asym)  # set-up timed too
-        d = decompose(pat.two_theta, pat.intensity, [("sucrose", cell(1.0))], inst, problem=prob_em, max_iter=400,
-                      sigma=pat.sigma, progress=False)
-        six, esd = d.lattice(0)
-        out[key] = {"n_reflections": int(prob_em[0].n_reflections), "n_iterations": int(d.n_iterations),
-                    "asymmetry": asym, "asym_sl_hl": float(d.state.asym),
-                    "rwp_gsas2": d.stats["rwp"], "rp": d.stats["rp"], "gof": d.stats["gof"],
-                    "lattice": dict(zip(keys, map(float, six))), "lattice_esd": dict(zip(keys, map(float, esd))),
-                    "wall_seconds": time.perf_counter() - t0}
-        print(f"{key}: Rwp {d.stats['rwp']:.2f} %, GOF {d.stats['gof']:.2f}, {out[key]['wall_seconds']:.0f} s")
+        out[key] = r = run_wpem(pat, inst, background=args.background, asymmetry=asym, progress=False)
+        print(f"{key}: Rwp {r['rwp_gsas2']:.2f} %, GOF {r['gof']:.2f}, {r['wall_seconds']:.0f} s")
 
     t1 = time.perf_counter()
-    prob = Problem(pat.two_theta, pat.intensity, pat.sigma, [("sucrose", cell(f))], inst,
+    prob = Problem(pat.two_theta, pat.intensity, pat.sigma, [("sucrose", sucrose_cell(f))], inst,
                    n_background=args.background, lebail=True)
     res = prob.refine(STRATEGY, max_cycles=args.max_cycles, progress=False)
     six, esd = res.lattice(0)
     n_rows = len(res.lebail_reflections(0)["intensity"])
     out["lebail"] = {"n_reflection_rows": n_rows, "cycles": len(res.history), "rwp_gsas2": res.rwp,
-                     "rp": res.stats["rp"], "gof": res.stats["gof"], "lattice": dict(zip(keys, map(float, six))),
-                     "lattice_esd": dict(zip(keys, map(float, esd))), "parameters": res.parameters(),
+                     "rp": res.stats["rp"], "gof": res.stats["gof"], "lattice": dict(zip(KEYS, map(float, six))),
+                     "lattice_esd": dict(zip(KEYS, map(float, esd))), "parameters": res.parameters(),
                      "history_rwp": [h["rwp"] for h in res.history], "wall_seconds": time.perf_counter() - t1}
     print(f"Le Bail: Rwp {res.rwp:.2f} %, GOF {res.stats['gof']:.2f}, {n_rows} rows, {len(res.history)} cycles, "
           f"{out['lebail']['wall_seconds']:.0f} s; a b c = {six[0]:.5f} {six[1]:.5f} {six[2]:.5f}")

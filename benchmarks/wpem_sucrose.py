@@ -21,6 +21,48 @@ from pathlib import Path
 import jax
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "patterns" / "sucrose_11bm"
+#: room-temperature literature cell (a, b, c in Å, β in °)
+LIT_CELL = (10.8654, 8.7028, 7.7584, 102.94)
+KEYS = ("a", "b", "c", "alpha", "beta", "gamma")
+
+
+def sucrose_cell(scale: float = 1.0):
+    """The P2_1 literature cell (lengths × ``scale``) with one dummy atom: WPEM and Le Bail need
+    only the cell and the space group."""
+    from pymatgen.core import Lattice, Structure
+
+    a, b, c, beta = LIT_CELL
+    return Structure.from_spacegroup("P2_1", Lattice.monoclinic(a * scale, b * scale, c * scale, beta), ["C"],
+                                     [[0.1, 0.2, 0.3]])
+
+
+def load(two_theta_range):
+    """The 11-BM pattern restricted to ``two_theta_range`` and its instrument file."""
+    from xtaljax.io import read_instrument, read_pattern
+
+    return read_pattern(DATA / "11bmb_8716.fxye").restrict(*two_theta_range), read_instrument(DATA / "11bmb_8716.prm")
+
+
+def run_wpem(pat, inst, *, background: int = 8, window_fwhm: float = 30.0, search: float = 0.01,
+             max_iter: int = 400, asymmetry: bool = False, progress: bool = True) -> dict:
+    """Set-up (isotropic cell scan included) and decomposition, timed together; a results dict."""
+    from xtaljax.em.wpem import build_problem, decompose
+
+    phases = [("sucrose", sucrose_cell())]
+    t0 = time.perf_counter()
+    setup = build_problem(pat.two_theta, phases, inst, n_background=background, window_fwhm=window_fwhm,
+                          search=search, asymmetry=asymmetry)
+    t_setup = time.perf_counter() - t0
+    d = decompose(pat.two_theta, pat.intensity, phases, inst, problem=setup, max_iter=max_iter, sigma=pat.sigma,
+                  progress=progress)
+    six, esd = d.lattice(0)
+    return {"n_reflections": int(setup[0].n_reflections), "window_points": int(setup[0].window),
+            "n_iterations": int(d.n_iterations), "converged": bool(float(d.state.rel_change) < 1e-9),
+            "rel_change": float(d.state.rel_change), "asymmetry": asymmetry, "asym_sl_hl": float(d.state.asym),
+            "rwp_gsas2": d.stats["rwp"], "rp": d.stats["rp"], "gof": d.stats["gof"],
+            "rwp_pywpem_subset": d.stats["rwp_pywpem_subset"],
+            "lattice": dict(zip(KEYS, map(float, six))), "lattice_esd": dict(zip(KEYS, map(float, esd))),
+            "zero": float(d.state.zero), "setup_seconds": t_setup, "wall_seconds": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:
@@ -32,41 +74,22 @@ def main(argv=None) -> int:
     ap.add_argument("--background", type=int, default=8)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    from pymatgen.core import Lattice, Structure
 
-    from xtaljax.em.wpem import build_problem, decompose
-    from xtaljax.io import read_instrument, read_pattern
-
-    pat = read_pattern(DATA / "11bmb_8716.fxye").restrict(*args.range)
-    inst = read_instrument(DATA / "11bmb_8716.prm")
-    cell = Structure.from_spacegroup("P2_1", Lattice.monoclinic(10.8654, 8.7028, 7.7584, 102.94), ["C"], [[0.1, 0.2, 0.3]])
-    phases = [("sucrose", cell)]
-    t0 = time.perf_counter()
-    setup = build_problem(pat.two_theta, phases, inst, n_background=args.background, window_fwhm=args.window_fwhm,
-                          search=args.search)
-    t_setup = time.perf_counter() - t0
-    d = decompose(pat.two_theta, pat.intensity, phases, inst, problem=setup, max_iter=args.max_iter, sigma=pat.sigma)
-    wall = time.perf_counter() - t0
-    six, esd = d.lattice(0)
-    keys = ("a", "b", "c", "alpha", "beta", "gamma")
+    pat, inst = load(args.range)
+    r = run_wpem(pat, inst, background=args.background, window_fwhm=args.window_fwhm, search=args.search,
+                 max_iter=args.max_iter)
     out = {
         "benchmark": "wpem_sucrose", "data": str(DATA / "11bmb_8716.fxye"),
         "device": {"platform": jax.devices()[0].platform, "cpu": platform.processor() or platform.machine()},
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
         "settings": {"range": list(args.range), "n_points": int(len(pat.two_theta)), "max_iter": args.max_iter,
-                     "window_fwhm": args.window_fwhm, "window_points": int(setup[0].window), "search": args.search,
+                     "window_fwhm": args.window_fwhm, "window_points": r.pop("window_points"), "search": args.search,
                      "n_background": args.background, "widths": "caglioti"},
-        "results": {"n_reflections": int(setup[0].n_reflections), "n_iterations": int(d.n_iterations),
-                    "converged": bool(float(d.state.rel_change) < 1e-9), "rel_change": float(d.state.rel_change),
-                    "rwp_gsas2": d.stats["rwp"], "rp": d.stats["rp"], "gof": d.stats["gof"],
-                    "rwp_pywpem_subset": d.stats["rwp_pywpem_subset"],
-                    "lattice": dict(zip(keys, map(float, six))), "lattice_esd": dict(zip(keys, map(float, esd))),
-                    "zero": float(d.state.zero), "setup_seconds": t_setup, "wall_seconds": wall},
+        "results": r,
         "note": "the lattice is in spglib's standard setting (a and c may be exchanged against the literature's)",
     }
-    r = out["results"]
     print(f"sucrose {args.range[0]:g}-{args.range[1]:g} deg: {r['n_reflections']} reflections x {len(pat.two_theta)} points, "
-          f"{r['n_iterations']} EM evaluations, Rwp {r['rwp_gsas2']:.2f} %, GOF {r['gof']:.2f}, {wall:.0f} s")
+          f"{r['n_iterations']} EM evaluations, Rwp {r['rwp_gsas2']:.2f} %, GOF {r['gof']:.2f}, {r['wall_seconds']:.0f} s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
