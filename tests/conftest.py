@@ -28,6 +28,12 @@ def nacl():
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
+def silicon():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
+
+
 def low_symmetry(seed: int = 0):
     """A triclinic 5-site structure at general positions (every gradient component non-zero)."""
     from pymatgen.core import Lattice, Structure

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import nacl, shared_path, silicon
 
 import jax
 import xtaljax as xj
@@ -111,13 +111,9 @@ def test_cli_lebail_fap(tmp_path):
 def test_lebail_two_phases(x64):
     """Si + NaCl (both cells shifted from the CIFs'): each phase keeps its own free intensities;
     both cells come back within 4 esd and the fit reaches the noise."""
-    from pymatgen.core import Lattice, Structure
-
-    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
-    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     tt = np.arange(20.0, 100.0, 0.02)
     inst = xj.Instrument.cu_kalpha(u=2e-4, v=-2e-4, w=5e-4, x=0.03, y=0.02)
-    phases = [("Si", si), ("NaCl", nacl)]
+    phases = [("Si", silicon()), ("NaCl", nacl())]
     sim = Problem(tt, np.ones_like(tt), np.ones_like(tt), phases, inst, n_background=2)
     calc = jax.jit(lambda mm: sim.calc(mm)[0])
     m = sim.with_values(sim.model0, {"bkg0": 50.0, "Si:a": 5.4335, "NaCl:a": 5.6385, "NaCl:scale": 0.5})

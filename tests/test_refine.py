@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import low_symmetry, shared_path
+from conftest import low_symmetry, nacl, shared_path, silicon
 
 import jax
 import jax.numpy as jnp
@@ -126,13 +126,9 @@ def test_bad_input_is_one_line_error(x64):
 
 def test_multiphase_weight_fractions_hill_howard(x64):
     """Two phases mixed by mass: the refined scales give back the weight fractions."""
-    from pymatgen.core import Lattice, Structure
-
-    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
-    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     tt = np.arange(20.0, 100.0, 0.02)
     inst = xj.Instrument.cu_kalpha(u=2e-4, v=-2e-4, w=5e-4, x=0.03, y=0.02)
-    phases = [("Si", si), ("NaCl", nacl)]
+    phases = [("Si", silicon()), ("NaCl", nacl())]
     prob = Problem(tt, np.ones_like(tt), np.ones_like(tt), phases, inst, n_background=2)
     # weight fractions 0.3 / 0.7: s_p ∝ w_p / (Z M V)_p
     zmv = []
