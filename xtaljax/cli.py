@@ -471,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .landscape.cli import add_parser as _landscape_parser
 
     _landscape_parser(sub)
+    from .generate.cli import add_parsers as _generator_parsers
+
+    _generator_parsers(sub)
     return ap
 
 
