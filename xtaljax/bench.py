@@ -45,6 +45,7 @@ SUITES = {
     "sharding": ("sharding_scaling.py", {"tiny": "tiny", "small": "small", "full": "small"}, []),
     "pywpem": ("wpem_vs_pywpem.py", {"tiny": ["--pywpem-iterations", "3"], "small": ["--pywpem-iterations", "10"],
                                      "full": ["--pywpem-iterations", "50"]}, []),
+    "generate": ("generator_eval.py", {"tiny": "tiny", "small": "small", "full": "full"}, []),
 }
 
 
@@ -107,6 +108,14 @@ def headline(suite: str, res: dict) -> list[tuple[str, object]]:
                 ("PyWPEM Rwp subset before bkg update", _get(res, sc + ["pywpem_pre_update", "own_background", sub])),
                 ("xtaljax Rwp subset", _get(res, sc + ["xtaljax", "own_background", sub])),
                 ("PyWPEM a", _get(res, "results.pywpem.a")), ("xtaljax a", _get(res, "results.xtaljax.a"))]
+    if suite == "generate":
+        r = "results"
+        return [("match@1", _get(res, f"{r}.no_lattice.match_rate.1")),
+                (f"match@{res.get('k')}", _get(res, [r, "no_lattice", "match_rate", str(res.get("k"))])),
+                ("match@1 lattice given", _get(res, f"{r}.with_lattice.match_rate.1")),
+                ("RMSE@1", _get(res, f"{r}.no_lattice.rmse.1")),
+                ("s/sample", _get(res, f"{r}.no_lattice.seconds_per_sample")),
+                ("match@1 refined (subset)", _get(res, f"{r}.refinement_no_lattice_sample0.match_rate_after"))]
     if suite == "sharding":
         runs = res.get("runs") or []
         return [(f"{r.get('n_devices')} dev s", _get(r, "sharded.median_s")) for r in runs] + [

@@ -216,3 +216,42 @@ def _eval_patterns(data: StructureSet, meta: ck.Meta) -> np.ndarray:
     out = [np.asarray(src.render(np.arange(s, min(s + 512, len(data))), jax.random.key(s)))
            for s in range(0, len(data), 512)]
     return np.concatenate(out)
+
+
+def refined_match(cand: Candidates, data: StructureSet, meta: ck.Meta, rows, *, sample: int = 0, counts: float = 1e4,
+                  seed: int = 0, progress: bool = True) -> dict:
+    """Match rate of one sample per target before and after Rietveld refinement against the
+    target's pattern (the standard instrument, ``counts`` at the strongest peak, Poisson noise,
+    flat background of 1 % of the peak). Refinement: :func:`xtaljax.generate.rank.refine_candidate`."""
+    from tqdm.auto import tqdm
+
+    from ..io.structures import from_pymatgen
+    from ..core import simulate
+    from .evaluate import match_metrics, structure_valid
+    from .rank import refine_candidate
+
+    ins = standard_instrument(meta)
+    tt = meta.grid.two_theta
+    rng = np.random.default_rng(seed)
+    before, after, rwp, secs = [], [], [], []
+    for t in tqdm(rows, disable=not progress, desc="refine"):
+        s = cand.structures(int(t))[sample]
+        before.append([s])
+        if s is None or not structure_valid(s):
+            after.append([None])
+            rwp.append(None)
+            continue
+        y = np.asarray(simulate(from_pymatgen(data.structures[int(t)], b_iso=0.5), ins, tt))
+        y = y / y.max() * counts + 0.01 * counts
+        y = rng.poisson(y).astype(np.float64)
+        r = refine_candidate(s, (tt, y), ins)
+        after.append([r["structure"] if r["refined"] else s])
+        rwp.append(r["rwp"])
+        secs.append(r["seconds"])
+    targets = [data.structures[int(t)] for t in rows]
+    mb = match_metrics(before, targets, ks=(1,))
+    ma = match_metrics(after, targets, ks=(1,))
+    return {"n": len(rows), "sample": sample, "match_rate_before": mb["match_rate"]["1"],
+            "match_rate_after": ma["match_rate"]["1"], "rmse_before": mb["rmse"]["1"], "rmse_after": ma["rmse"]["1"],
+            "rwp_median": float(np.median([v for v in rwp if v is not None])) if any(v is not None for v in rwp) else None,
+            "seconds_per_refinement": float(np.mean(secs)) if secs else None}

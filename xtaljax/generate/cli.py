@@ -54,6 +54,8 @@ def add_parsers(sub) -> None:
     tp.add_argument("--lr", type=float, default=1e-3)
     tp.add_argument("--encoder", choices=("cnn", "transformer"), default="cnn")
     tp.add_argument("--hidden", type=int, default=96)
+    tp.add_argument("--contrastive-weight", type=float, default=0.1,
+                    help="InfoNCE term kept during flow training (keeps the encoder's retrieval; 0 = off)")
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--save-every", type=int, default=250)
     tp.add_argument("--eval-every", type=int, default=500)
@@ -177,7 +179,7 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig(train_csv=args.train, train_split=args.train_split, val_csv=args.val, val_split=args.val_split,
                       limit=args.limit, max_atoms=args.max_atoms, batch=args.batch, pretrain_steps=args.pretrain_steps,
-                      flow_steps=args.flow_steps, lr=args.lr, seed=args.seed, save_every=args.save_every,
+                      flow_steps=args.flow_steps, lr=args.lr, contrastive_weight=args.contrastive_weight, seed=args.seed, save_every=args.save_every,
                       eval_every=args.eval_every)
     summary = train(cfg, args.out, model_cfg=ModelConfig(encoder=args.encoder, hidden=args.hidden),
                     resume=not args.restart)

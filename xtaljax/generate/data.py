@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -109,7 +110,9 @@ def read_cdvae_csv(path, *, split: str | None = None, limit: int | None = None) 
             if split is not None and row["split"] != split:
                 continue
             try:
-                s = Structure.from_str(row["cif"], fmt="cif")
+                with warnings.catch_warnings():  # "fractional coordinates rounded" on most rows
+                    warnings.simplefilter("ignore")
+                    s = Structure.from_str(row["cif"], fmt="cif")
             except Exception as exc:  # noqa: BLE001 - pymatgen raises many types
                 raise ValueError(f"{path}: row {row['material_id']}: unreadable CIF ({type(exc).__name__}: {exc})") from None
             out.append((row["material_id"], s))

@@ -43,6 +43,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 200
     p_given: float = 0.5
+    contrastive_weight: float = 0.0
     seed: int = 0
     save_every: int = 250
     eval_every: int = 500
@@ -155,7 +156,11 @@ def train(cfg: TrainConfig, out, *, model_cfg: ModelConfig = ModelConfig(), grid
         batch = {k: v[idx] for k, v in dev.items()}
         if stage == 0:
             return info_nce(m, batch, y)
-        return flow_loss(m, batch, m.xrd(y), key, cfg.p_given)
+        loss, aux = flow_loss(m, batch, m.xrd(y), key, cfg.p_given)
+        if cfg.contrastive_weight > 0:  # keeps the encoder aligned with the structure encoder
+            c, caux = info_nce(m, batch, y)
+            loss, aux = loss + cfg.contrastive_weight * c, aux | {"infonce": c}
+        return loss, aux
 
     @partial(jax.jit, static_argnames="stage")
     def train_step(p, o, idx, y, key, stage):
