@@ -36,7 +36,7 @@ from xtaljax.generate.train import retrieval  # noqa: E402
 
 PEROV_TEST = ROOT.parent / "shared" / "data" / "structures" / "perov_5" / "test.csv"
 #: size -> (rows, k, steps, guided rows, refined rows)
-SIZES = {"tiny": (12, 2, 20, 4, 2), "small": (500, 20, 200, 100, 30), "full": (None, 20, 200, 500, 60)}
+SIZES = {"tiny": (8, 2, 10, 2, 1), "small": (500, 20, 200, 100, 30), "full": (None, 20, 200, 500, 60)}
 
 
 def _metrics(cand, data, ks, workers):

@@ -6,6 +6,8 @@ import math
 import subprocess
 import sys
 import time
+
+import pytest
 from pathlib import Path
 
 from conftest import shared_path
@@ -105,3 +107,24 @@ def test_xtaljax_bench_runs_a_suite_and_rejects_unknown_ones(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "xtaljax.cli", "bench", "--suite", "nope"], capture_output=True,
                          text=True, timeout=120, cwd=REPO)
     assert bad.returncode == 2 and "unknown suite" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "structures" / "perov_5" / "test.csv").is_file(),
+                    reason="../shared data not present")
+def test_generator_eval_benchmark_tiny(tmp_path):
+    """``benchmarks/generator_eval.py --size tiny`` with the shipped perov-5 generator: every
+    section of the protocol runs and reports rates in [0, 1] and positive times."""
+    out = tmp_path / "gen.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generator_eval.py"), "--size", "tiny",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    res = r["results"]
+    assert r["n_rows"] == 8 and r["k"] == 2
+    for name in ("no_lattice", "with_lattice", "subset_no_lattice_guided", "subset_with_lattice_plain"):
+        assert set(res[name]["match_rate"]) == {"1", "2"}
+        assert all(0.0 <= v <= 1.0 for v in res[name]["match_rate"].values())
+        assert res[name]["match_rate"]["1"] <= res[name]["match_rate"]["2"]
+        assert _positive(res[name]["seconds_per_sample"])
+    assert 0.0 <= res["refinement_no_lattice_sample0"]["match_rate_after"] <= 1.0
+    assert 0.0 <= res["retrieval_current_encoder"]["top1"] <= res["retrieval_current_encoder"]["top10"] <= 1.0

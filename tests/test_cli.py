@@ -105,3 +105,6 @@ def test_demo_runs_and_reports(tmp_path):
     assert 0 < summary["rwp_gsas2"] < 100 and summary["n_points"] == 5751
     assert (tmp_path / "demo" / "fap_fit.png").stat().st_size > 20_000
     assert "Rwp" in r.stdout
+    res = json.loads((tmp_path / "demo" / "solve" / "result.json").read_text())  # the shipped generator's part
+    assert res["composition"] == "LaAlO3" and res["candidates"] and res["candidates"][0]["rwp"] is not None
+    assert "best candidate vs the structure the pattern was simulated from" in r.stdout

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..core import Crystal, SimConfig
-from ..core.pattern import reflections_for, resolve_config
+from ..core import SimConfig
+from ..core.pattern import resolve_config
 from ..core.reflections import make_reflections, stack_reflections, g_max_for
 from ..core.scattering import scatterer_index
 from . import checkpoint as ck
