@@ -112,10 +112,11 @@ def headline(suite: str, res: dict) -> list[tuple[str, object]]:
         r = "results"
         return [("match@1", _get(res, f"{r}.no_lattice.match_rate.1")),
                 (f"match@{res.get('k')}", _get(res, [r, "no_lattice", "match_rate", str(res.get("k"))])),
+                ("match@1 polished+ranked", _get(res, f"{r}.no_lattice_polished_ranked.match_rate.1")),
                 ("match@1 lattice given", _get(res, f"{r}.with_lattice.match_rate.1")),
                 ("RMSE@1", _get(res, f"{r}.no_lattice.rmse.1")),
                 ("s/sample", _get(res, f"{r}.no_lattice.seconds_per_sample")),
-                ("match@1 refined (subset)", _get(res, f"{r}.refinement_no_lattice_sample0.match_rate_after"))]
+                ("match@1 refined (subset)", _get(res, f"{r}.refinement_no_lattice_best_ranked.match_rate_after"))]
     if suite == "sharding":
         runs = res.get("runs") or []
         return [(f"{r.get('n_devices')} dev s", _get(r, "sharded.median_s")) for r in runs] + [

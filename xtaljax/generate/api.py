@@ -17,9 +17,8 @@ from flax import nnx
 from ..core import SimConfig
 from ..core.pattern import resolve_config
 from ..core.reflections import make_reflections, stack_reflections, g_max_for
-from ..core.scattering import scatterer_index
 from . import checkpoint as ck
-from .data import Augment, PatternSource, StructureSet, load_set
+from .data import Augment, PatternSource, StructureSet, load_set, scatterer_indices
 from .flow import Guidance, sample
 
 #: Where the shipped perov-5 checkpoint lives.
@@ -138,7 +137,7 @@ def generate(model, meta: ck.Meta, z, mask, patterns, k: int, *, key=None, latti
         mask = np.pad(mask, ((0, 0), (0, meta.max_atoms - n)))
     emb = np.asarray(jax.jit(lambda y: model.xrd(y))(jnp.asarray(patterns)))
     rows = np.repeat(np.arange(t_n), k)
-    species = np.vectorize(lambda v: scatterer_index(_symbol(v)) if v else 0)(z).astype(np.int32)
+    species = scatterer_indices(z)
     lat_rows = None if lattice is None else np.asarray(lattice, np.float64)[rows]
     guide = None
     if guidance is not None:
@@ -178,10 +177,6 @@ def generate(model, meta: ck.Meta, z, mask, patterns, k: int, *, key=None, latti
     return Candidates(frac.reshape(t_n, k, meta.max_atoms, 3), params.reshape(t_n, k, 6), z, mask, seconds,
                       float(np.mean(nfe)))
 
-
-def _symbol(z: int) -> str:
-    from pymatgen.core import Element
-    return Element.from_Z(int(z)).symbol
 
 
 def evaluate_generator(checkpoint, csv, *, split: str | None = None, limit: int | None = None, k: int = 20,

@@ -172,6 +172,15 @@ def load_set(path, *, split: str | None = None, limit: int | None = None, max_at
     return build_set(read_cdvae_csv(path, split=split, limit=limit), max_atoms=max_atoms)
 
 
+def scatterer_indices(z) -> np.ndarray:
+    """Simulator scatterer indices of padded atomic numbers (0 stays 0 = padding)."""
+    from pymatgen.core import Element
+
+    z = np.asarray(z)
+    table = {int(v): scatterer_index(Element.from_Z(int(v)).symbol) for v in np.unique(z) if v}
+    return np.vectorize(lambda v: table.get(int(v), 0))(z).astype(np.int32)
+
+
 # ----------------------------------------------------------------------------------------------
 # lattice parametrisation for the flow
 # ----------------------------------------------------------------------------------------------

@@ -434,13 +434,16 @@ def _cif_text(structure) -> str:
 
 _KEYS = ("rwp", "gof", "chi2", "space_group", "space_group_number", "symprec", "refined", "index", "duplicate_of",
          "error")
+#: Keys the caller may add to a result (``xtaljax solve``: generator sample number, polished pattern loss).
+_EXTRA_KEYS = ("sample", "pattern_loss")
 
 
 def write_solution(out_dir, ranked: Sequence[dict], *, extra: dict | None = None) -> Path:
     """Write ``out_dir/candidates/NN.cif`` (01 = best; more digits beyond 99) and
     ``out_dir/result.json`` = ``{"candidates": [{"cif": "candidates/01.cif", "rwp", "gof",
     "chi2", "space_group", "space_group_number", "symprec", "refined", "index",
-    "duplicate_of", "error"}, ...best first], **extra}`` (non-finite numbers as ``null``).
+    "duplicate_of", "error"} + ``sample``/``pattern_loss`` when the entry has them, ...best
+    first], **extra}`` (non-finite numbers as ``null``).
     Every file is written to a temporary name and renamed; ``NN.cif`` files of an earlier,
     longer run are removed. Returns the path of ``result.json``."""
     ranked = list(ranked)
@@ -464,6 +467,7 @@ def write_solution(out_dir, ranked: Sequence[dict], *, extra: dict | None = None
         written.add(name)
         entry = {"cif": f"candidates/{name}"}
         entry.update({key: r.get(key, k if key == "index" else None) for key in _KEYS})
+        entry.update({key: r[key] for key in _EXTRA_KEYS if key in r})
         entries.append(entry)
     for old in cdir.glob("*.cif"):
         if re.fullmatch(r"\d{2,}\.cif", old.name) and old.name not in written:
