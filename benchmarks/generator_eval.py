@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, help="override the number of test rows")
     ap.add_argument("--samples", type=int, help="override k")
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--guided-rows", type=int, help="override the guidance subset size")
+    ap.add_argument("--refined-rows", type=int, help="override the refinement subset size")
     ap.add_argument("--guidance", type=float, default=0.5)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
     rows = args.rows or rows
     k = args.samples or k
     steps = args.steps or steps
+    n_guided = n_guided if args.guided_rows is None else args.guided_rows
+    n_refined = n_refined if args.refined_rows is None else args.refined_rows
     path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     model, meta = ck.load_generator(path)
     data = load_set(args.csv, split=args.split, max_atoms=meta.max_atoms)
@@ -101,15 +105,16 @@ def main(argv=None) -> int:
     # guidance (subset): same rows and seed with and without
     g_rows = np.arange(min(n_guided, len(data)))
     sub = data.subset(g_rows)
-    for name, lat in (("no_lattice", None), ("with_lattice", sub.params)):
+    for name, lat in (("no_lattice", None), ("with_lattice", sub.params)) if len(g_rows) else ():
         for gname, g in (("plain", None), ("guided", Guidance(strength=args.guidance))):
             c = generate(model, meta, sub.z, sub.mask, y[g_rows], k, key=key, lattice=lat, steps=steps, guidance=g)
             runs[f"subset_{name}_{gname}"] = _metrics(c, sub, ks, args.workers)
             print(f"subset {name} {gname}", json.dumps(runs[f"subset_{name}_{gname}"]["match_rate"]), flush=True)
-    # refinement of the first sample (subset)
+    # Rietveld refinement of the best-ranked polished candidate (subset)
     r_rows = np.arange(min(n_refined, len(data)))
-    runs["refinement_no_lattice_best_ranked"] = refined_match(best, data, meta, r_rows, progress=False)
-    print("refinement", json.dumps(runs["refinement_no_lattice_best_ranked"]), flush=True)
+    if len(r_rows):
+        runs["refinement_no_lattice_best_ranked"] = refined_match(best, data, meta, r_rows, progress=False)
+        print("refinement", json.dumps(runs["refinement_no_lattice_best_ranked"]), flush=True)
     src = PatternSource(data, meta.grid, Augment.off())
     runs["retrieval_current_encoder"] = retrieval(model, data, src, meta.lat_norm, key)
     res["results"] = runs

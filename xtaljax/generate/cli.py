@@ -196,8 +196,12 @@ def cmd_train(args) -> int:
                       limit=args.limit, max_atoms=args.max_atoms, batch=args.batch, pretrain_steps=args.pretrain_steps,
                       flow_steps=args.flow_steps, lr=args.lr, contrastive_weight=args.contrastive_weight, seed=args.seed, save_every=args.save_every,
                       eval_every=args.eval_every)
-    summary = train(cfg, args.out, model_cfg=ModelConfig(encoder=args.encoder, hidden=args.hidden),
-                    resume=not args.restart)
+    try:
+        summary = train(cfg, args.out, model_cfg=ModelConfig(encoder=args.encoder, hidden=args.hidden),
+                        resume=not args.restart)
+    except KeyboardInterrupt:
+        print(f"xtaljax: interrupted; state saved in {args.out}: rerun the same command to resume", file=sys.stderr)
+        return 130
     print(json.dumps(summary))
     return 0
 

@@ -2,7 +2,8 @@
 structure encoder), then flow matching with the encoder fine-tuned jointly.
 
 Seeded and resumable: the batch order and every random draw are functions of (seed, step), the
-state (parameters, optimiser, step) is saved by orbax every ``save_every`` steps and on Ctrl-C,
+state (parameters, optimiser, step) is saved by orbax every ``save_every`` steps and on Ctrl-C or
+SIGTERM,
 and a rerun of the same command continues from the latest checkpoint.
 """
 
@@ -47,6 +48,22 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 250
     eval_every: int = 500
+
+
+def _term_as_interrupt():
+    """SIGTERM (a batch scheduler, ``kill``) raises KeyboardInterrupt, so the state is saved as on
+    Ctrl-C. Returns a function restoring the previous handler (no-op off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 def optimizer(cfg: TrainConfig):
@@ -178,6 +195,7 @@ def train(cfg: TrainConfig, out, *, model_cfg: ModelConfig = ModelConfig(), grid
     t0 = time.perf_counter()
     summary = {}
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    restore_term = _term_as_interrupt()
     try:
         while step < total and (stop_after is None or done < stop_after):
             stage = 0 if step < cfg.pretrain_steps else 1
@@ -212,6 +230,8 @@ def train(cfg: TrainConfig, out, *, model_cfg: ModelConfig = ModelConfig(), grid
         ck.save(mgr, step, {"params": params, "opt": opt, "step": jnp.asarray(step)}, force=True)
         bar.close()
         raise
+    finally:
+        restore_term()
     bar.close()
     if done and step % cfg.save_every:
         ck.save(mgr, step, {"params": params, "opt": opt, "step": jnp.asarray(step)}, force=True)
