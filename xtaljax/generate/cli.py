@@ -104,27 +104,16 @@ def _guidance(strength: float):
 
 
 def _solve_instrument(args, pattern):
+    """As ``xtaljax refine`` (a file, or a wavelength / anode line, checked against a wavelength the
+    pattern file states), falling back to the pattern file's own wavelength."""
     import xtaljax as xj
-    from xtaljax.io import read_instrument
+    from xtaljax.cli import refine_instrument
 
-    if args.instrument:
-        return read_instrument(args.instrument)
-    name = args.wavelength
-    if name is None:
+    if not args.instrument and not args.wavelength:
         if pattern.wavelength is None:
             raise ValueError("the pattern file states no wavelength: give --wavelength or --instrument")
         return xj.Instrument.from_wavelength(float(pattern.wavelength))
-    anode = name[:2] if len(name) >= 4 and name[2:] == "Ka" else None
-    return xj.Instrument.lab(anode) if anode in xj.core.ANODES else xj.Instrument.from_wavelength(
-        float(name) if _is_number(name) else name)
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+    return refine_instrument(args, pattern)
 
 
 def cmd_solve(args) -> int:
