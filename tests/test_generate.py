@@ -333,3 +333,17 @@ def test_polish_lowers_pattern_loss_and_ranks(tiny_ckpt, perov):
     r = reorder(cand, np.array([[1, 0], [0, 1], [1, 0]]))
     np.testing.assert_array_equal(r.frac[0, 0], cand.frac[0, 1])
     np.testing.assert_array_equal(r.params[2, 0], cand.params[2, 1])
+
+
+def test_bad_training_and_sampling_settings(tmp_path):
+    """Nonsense settings give a one-line ValueError (exit 2 from the CLI), not a traceback."""
+    from xtaljax.cli import main
+    with pytest.raises(ValueError, match="batch"):
+        TrainConfig(train_csv="x.csv", batch=0)
+    with pytest.raises(ValueError, match="nothing to train"):
+        TrainConfig(train_csv="x.csv", pretrain_steps=0, flow_steps=0)
+    assert main(["generator", "train", "--train", str(PEROV), "--batch", "0", "--out", str(tmp_path / "t")]) == 2
+    example = Path(xj.__file__).parent / "data" / "perov_example.xy"
+    assert main(["solve", str(example), "--composition", "LaAlO3", "--wavelength", "CuKa", "--steps", "0", "--out",
+                 str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists()

@@ -61,7 +61,7 @@ def parse_composition(formula: str, meta: ck.Meta) -> list[int]:
 def standard_instrument(meta: ck.Meta):
     """The instrument of the evaluation patterns (the middle of the augmentation ranges)."""
     a = Augment.off()
-    return meta.grid.instrument(u=2e-4 * a.width[0], v=-2e-4 * a.width[0], w=5e-4 * a.width[0], x=a.lorentz[0])
+    return meta.grid.scaled_instrument(a.width[0], a.lorentz[0])
 
 
 @dataclasses.dataclass
@@ -115,6 +115,21 @@ def _guide_setup(meta: ck.Meta, z, lattice):
     return ins, tt, [r] * len(z), cfg
 
 
+@partial(jax.jit, static_argnums=0)
+def _encode(graphdef, state, y):
+    return nnx.merge(graphdef, state).xrd(y)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "lat_norm", "steps", "solver", "guidance", "config"))
+def _sample_rows(graphdef, state, z, mask, emb, key, lattice, species, y_obs, refl, instrument, two_theta, *,
+                 lat_norm, steps, solver, guidance, config):
+    """One chunk of rows; module level and keyed on static settings, so repeated calls with the
+    same model, shapes and settings reuse the compiled program."""
+    sim = None if guidance is None else (instrument, two_theta, refl, config)
+    return sample(nnx.merge(graphdef, state), z, mask, emb, key, lat_norm=lat_norm, lattice=lattice, steps=steps,
+                  solver=solver, guidance=guidance, guide_sim=sim, species=species, y_obs=y_obs)
+
+
 def generate(model, meta: ck.Meta, z, mask, patterns, k: int, *, key=None, lattice=None, steps: int = 200,
              solver: str = "euler", guidance: Guidance | None = None, batch: int = 1024, progress: bool = False) -> Candidates:
     """``k`` samples for each of ``T`` targets: ``z``/``mask`` (T, N) padded atomic numbers,
@@ -124,6 +139,8 @@ def generate(model, meta: ck.Meta, z, mask, patterns, k: int, *, key=None, latti
     from tqdm.auto import tqdm
 
     key = jax.random.key(0) if key is None else key
+    if int(k) != k or k < 1 or int(steps) != steps or steps < 1:
+        raise ValueError(f"samples and steps must be positive integers, got {k} and {steps}")
     z = np.asarray(z, np.int32)
     mask = np.asarray(mask, np.float32)
     patterns = np.asarray(patterns, np.float32)
@@ -135,38 +152,29 @@ def generate(model, meta: ck.Meta, z, mask, patterns, k: int, *, key=None, latti
     if n < meta.max_atoms:
         z = np.pad(z, ((0, 0), (0, meta.max_atoms - n)))
         mask = np.pad(mask, ((0, 0), (0, meta.max_atoms - n)))
-    emb = np.asarray(jax.jit(lambda y: model.xrd(y))(jnp.asarray(patterns)))
+    graphdef, state = nnx.split(model)
+    emb = np.asarray(_encode(graphdef, state, jnp.asarray(patterns)))
     rows = np.repeat(np.arange(t_n), k)
     species = scatterer_indices(z)
     lat_rows = None if lattice is None else np.asarray(lattice, np.float64)[rows]
-    guide = None
+    ins = tt_j = cfg = refls = None
     if guidance is not None:
         ins, tt, refls, cfg = _guide_setup(meta, z, None if lattice is None else np.asarray(lattice))
+        tt_j = jnp.asarray(tt, jnp.float32)
         cap = max(r.capacity for r in refls)
-        guide = (ins, tt, refls, cfg, cap)
     bs = min(batch, len(rows))
-    graphdef, state = nnx.split(model)
-
-    @partial(jax.jit, static_argnames=("has_lat",))
-    def run(state, zz, mm, ee, kk, ll, sp, yo, refl, has_lat):
-        m = nnx.merge(graphdef, state)
-        sim = None if guide is None else (guide[0], jnp.asarray(guide[1], ee.dtype), refl, guide[3])
-        return sample(m, zz, mm, ee, kk, lat_norm=meta.lat_norm, lattice=ll if has_lat else None, steps=steps,
-                      solver=solver, guidance=guidance, guide_sim=sim, species=sp, y_obs=yo)
-
     frac = np.zeros((len(rows), meta.max_atoms, 3))
     params = np.zeros((len(rows), 6))
     nfe = []
     t0 = time.perf_counter()
     for s in tqdm(range(0, len(rows), bs), disable=not progress, desc="sample"):
         r = _pad(rows[s:s + bs], bs)
-        refl = None
-        if guide is not None:
-            refl = stack_reflections([guide[2][i] for i in r], guide[4])
+        refl = None if refls is None else stack_reflections([refls[i] for i in r], cap)
         ll = None if lat_rows is None else jnp.asarray(_pad(lat_rows[s:s + bs], bs), jnp.float32)
-        f, p, nst = run(state, jnp.asarray(z[r]), jnp.asarray(mask[r]), jnp.asarray(emb[r]),
-                        jax.random.fold_in(key, s), ll, jnp.asarray(species[r]),
-                        jnp.asarray(patterns[r]), refl, lat_rows is not None)
+        f, p, nst = _sample_rows(graphdef, state, jnp.asarray(z[r]), jnp.asarray(mask[r]), jnp.asarray(emb[r]),
+                                 jax.random.fold_in(key, s), ll, jnp.asarray(species[r]), jnp.asarray(patterns[r]),
+                                 refl, ins, tt_j, lat_norm=meta.lat_norm, steps=steps, solver=solver,
+                                 guidance=guidance, config=cfg)
         m = min(bs, len(rows) - s)
         frac[s:s + m] = np.asarray(f)[:m]
         params[s:s + m] = np.asarray(p)[:m]
@@ -176,7 +184,6 @@ def generate(model, meta: ck.Meta, z, mask, patterns, k: int, *, key=None, latti
         params = np.asarray(lattice, np.float64)[rows]
     return Candidates(frac.reshape(t_n, k, meta.max_atoms, 3), params.reshape(t_n, k, 6), z, mask, seconds,
                       float(np.mean(nfe)))
-
 
 
 def evaluate_generator(checkpoint, csv, *, split: str | None = None, limit: int | None = None, k: int = 20,

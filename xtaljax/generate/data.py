@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -46,6 +45,12 @@ class PatternGrid:
 
     def instrument(self, **kw) -> Instrument:
         return Instrument.lab(self.anode, **kw)
+
+    def scaled_instrument(self, width: float, lorentz: float, zero: float = 0.0) -> Instrument:
+        """The lab instrument with its Caglioti U, V, W multiplied by ``width``, Lorentzian X and
+        zero shift set: the instruments of :class:`Augment` (and of the evaluation patterns)."""
+        base = self.instrument()
+        return base.replace(u=base.u * width, v=base.v * width, w=base.w * width, x=lorentz, zero=zero)
 
     @property
     def wavelength(self) -> float:
@@ -255,9 +260,7 @@ class PatternSource:
     def __init__(self, data: StructureSet, grid: PatternGrid, augment: Augment = Augment()):
         self.grid, self.augment = grid, augment
         tt = grid.two_theta
-        s = math.sqrt(augment.width[1])
-        wide = grid.instrument(u=2e-4 * s * s, v=-2e-4 * s * s, w=5e-4 * s * s, x=augment.lorentz[1],
-                               zero=augment.zero)
+        wide = grid.scaled_instrument(augment.width[1], augment.lorentz[1], augment.zero)
         self.config = resolve_config(SimConfig(asymmetry="none"), wide, tt)
         refls = []
         for i in range(len(data)):
@@ -308,6 +311,14 @@ class PatternSource:
             keep = jnp.where(cut, (t[None, :] >= lo) & (t[None, :] <= hi), True)
             y = jnp.where(keep, y, 0.0)
         return normalise(y)
+
+
+def pattern_mismatch(frac, lattice, species, mask, y_obs, refl, instrument, two_theta, config):
+    """1 − cos(simulated, observed) for one P1 candidate (B = 0.5 Å² on every atom): the pattern
+    loss of XRD guidance and of the polish. Differentiable in ``frac`` and ``lattice``."""
+    c = Crystal(lattice=lattice, frac=frac, species=species, occupancy=mask, b_iso=0.5 * mask, mask=mask)
+    y, _ = simulate_kernel(c, instrument, two_theta, refl, config)
+    return 1.0 - jnp.dot(y, y_obs) / jnp.maximum(jnp.linalg.norm(y) * jnp.linalg.norm(y_obs), 1e-12)
 
 
 def normalise(y):

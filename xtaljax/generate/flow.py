@@ -20,9 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..core import Crystal
-from ..core.pattern import simulate_kernel
-from .data import lattice_to_vec, params_to_matrix, vec_to_params
+from .data import lattice_to_vec, params_to_matrix, pattern_mismatch, vec_to_params
 
 
 def wrap(d):
@@ -117,10 +115,7 @@ def _guide_grad(x1, l1_phys, z_species, mask, y_obs, sim):
 
     def one(x, lp, sp, m, yo, rf):
         lat = params_to_matrix(vec_to_params(lp))
-        c = Crystal(lattice=lat, frac=x, species=sp, occupancy=m, b_iso=0.5 * m, mask=m)
-        y, _ = simulate_kernel(c, instrument, two_theta, rf, config)
-        y = y / jnp.maximum(jnp.linalg.norm(y), 1e-12)
-        return 1.0 - jnp.dot(y, yo / jnp.maximum(jnp.linalg.norm(yo), 1e-12))
+        return pattern_mismatch(x, lat, sp, m, yo, rf, instrument, two_theta, config)
 
     return jax.vmap(jax.grad(one, argnums=(0, 1)))(x1, l1_phys, z_species, mask, y_obs, refl)
 

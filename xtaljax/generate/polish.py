@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..core import Crystal, SimConfig
-from ..core.pattern import resolve_config, simulate_kernel
+from ..core import SimConfig
+from ..core.pattern import resolve_config
 from ..core.reflections import g_max_for, make_reflections, stack_reflections
 from ..landscape.metrics import gaussian_broaden
+from .data import pattern_mismatch
+from .flow import wrap
 
 LN2 = math.log(2.0)
 #: Interatomic distance (Å) below which the polish loss adds a quadratic penalty.
@@ -44,18 +46,13 @@ class Polish:
 
 
 def _loss(x, lat, sp, m, yo, rf, ins, tt, cfg, min_dist: float = MIN_DIST):
-    c = Crystal(lattice=lat, frac=x, species=sp, occupancy=m, b_iso=0.5 * m, mask=m)
-    y, _ = simulate_kernel(c, ins, tt, rf, cfg)
-    cos = jnp.dot(y, yo) / jnp.maximum(jnp.linalg.norm(y) * jnp.linalg.norm(yo), 1e-12)
-    # soft contact penalty (minimum image): the pattern barely sees light atoms, so without it
-    # the fit can park them on top of others
-    d = x[None, :, :] - x[:, None, :]
-    d = (d - jnp.floor(d + 0.5)) @ lat
-    r2 = (d * d).sum(-1)
+    """:func:`.data.pattern_mismatch` + a soft contact penalty (minimum image): the pattern barely
+    sees light atoms, so without it the fit can park them on top of others."""
+    d = wrap(x[None, :, :] - x[:, None, :]) @ lat
     pair = m[:, None] * m[None, :] * (1.0 - jnp.eye(x.shape[0], dtype=x.dtype))
-    r = jnp.sqrt(jnp.where(pair > 0, r2, 1.0) + 1e-12)
+    r = jnp.sqrt(jnp.where(pair > 0, (d * d).sum(-1), 1.0) + 1e-12)
     clash = (pair * jnp.maximum(min_dist - r, 0.0) ** 2).sum() / 2.0
-    return 1.0 - cos + clash
+    return pattern_mismatch(x, lat, sp, m, yo, rf, ins, tt, cfg) + clash
 
 
 @partial(jax.jit, static_argnames=("cfg_b", "cfg_f", "steps_b", "steps_f", "lr"))
@@ -93,7 +90,7 @@ def polish(cand, patterns, meta, *, settings: Polish = Polish(), batch: int = 51
     """Polish every candidate of a :class:`.api.Candidates` against its target's observed
     pattern (``patterns`` (T, n_points) on the model grid). Returns ``(frac (T, k, N, 3),
     loss (T, k))``; candidates whose cell is not valid get loss +inf and are left as they are."""
-    from .api import standard_instrument
+    from .api import _pad, standard_instrument
     from .data import params_to_matrix, scatterer_indices
 
     t_n, k, n, _ = cand.frac.shape
@@ -123,7 +120,7 @@ def polish(cand, patterns, meta, *, settings: Polish = Polish(), batch: int = 51
     tt_j = jnp.asarray(tt, dt)
     for s in range(0, len(rows), batch):
         idx = np.arange(s, min(s + batch, len(rows)))
-        pad = np.concatenate([idx, np.repeat(idx[-1:], batch - len(idx))]) if len(idx) < batch and len(rows) > batch else idx
+        pad = _pad(idx, batch) if len(rows) > batch else idx  # one compiled shape across chunks
         tgt = np.array([rows[i][0] for i in pad])
         rf = stack_reflections([refls[i] for i in pad], cap)
         x, v = _run(jnp.asarray(frac[pad], dt), jnp.asarray(lat[pad], dt), jnp.asarray(species[tgt]),

@@ -49,6 +49,17 @@ class TrainConfig:
     save_every: int = 250
     eval_every: int = 500
 
+    def __post_init__(self):
+        ints = {"batch": 1, "pretrain_steps": 0, "flow_steps": 0, "save_every": 1, "eval_every": 1, "val_limit": 1}
+        for name, lo in ints.items():
+            v = getattr(self, name)
+            if int(v) != v or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.pretrain_steps + self.flow_steps < 1:
+            raise ValueError("nothing to train: pretrain_steps + flow_steps is 0")
+        if not (self.lr > 0 and 0 <= self.p_given <= 1 and self.contrastive_weight >= 0):
+            raise ValueError("need lr > 0, 0 <= p_given <= 1 and contrastive_weight >= 0")
+
 
 def _term_as_interrupt():
     """SIGTERM (a batch scheduler, ``kill``) raises KeyboardInterrupt, so the state is saved as on
