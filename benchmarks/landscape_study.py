@@ -92,7 +92,7 @@ def main(argv=None) -> int:
                                                                             "offset": args.offset, "skipped": args.skip,
                                                                             "structures": [n for n, _ in structures]},
             "device": _device(), "versions": _versions(), "dtype": "float32"}
-    results, per, settings = [], [], None
+    results, per, settings = [], [], None  # settings: from the finished study's report
 
     def write(complete: bool, report=None):
         doc = dict(base, complete=complete, per_structure=per, settings=settings)
@@ -110,29 +110,31 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(_clean(doc), indent=1))
         os.replace(tmp, out)
 
-    for k, item in enumerate(structures):
-        t0 = time.perf_counter()
-        rep, res = run_study([item], return_results=True, **kw)
-        results += res
-        r0 = res[0]
+    t_prev = [time.perf_counter()]
+
+    def on_structure(k, entry, r0):
         # raw per-run samples (structural distance, loss at the start and the best iterate), so that
         # statistics can be recomputed when files of several partial runs are pooled
-        rep["per_structure"][0]["samples"] = {
+        entry = dict(entry, samples={
             mode: {met: {"dist_start": r0.dist_start[i, j].tolist(), "dist_final": r0.dist_final[i, j].tolist(),
                          "start_loss": r0.start_loss[i, j].tolist(), "best_loss": r0.best_loss[i, j].tolist(),
                          "matched": r0.matched[i, j].tolist(), "start_matched": r0.start_matched[i, j].tolist(),
                          "overflow": r0.overflow[i, j].tolist()}
-                   for j, met in enumerate(r0.metrics)} for i, mode in enumerate(r0.modes)}
-        per += rep["per_structure"]
-        settings = rep["settings"]
-        s = rep["per_structure"][0]
-        rates = " ".join(f"{m}:" + ",".join(f"{rep['match_rate'][m][p]:.2f}" for p in settings["parametrisations"])
-                         for m in settings["metrics"])
-        print(f"[{k + 1}/{len(structures)}] {s['name']} {s['symbol']} n={s['n_sites']} {rates} "
-              f"({time.perf_counter() - t0:.1f} s; compile {s['timings']['compile_s']:.1f} s)", flush=True)
+                   for j, met in enumerate(r0.metrics)} for i, mode in enumerate(r0.modes)})
+        per.append(entry)
+        results.append(r0)
+        rates = " ".join(f"{m}:" + ",".join(f"{r0.matched[i, j].mean():.2f}" for i in range(len(r0.modes)))
+                         for j, m in enumerate(r0.metrics))
+        now = time.perf_counter()
+        print(f"[{k + 1}/{len(structures)}] {entry['name']} {entry['symbol']} n={entry['n_sites']} {rates} "
+              f"({now - t_prev[0]:.1f} s; compile {entry['timings']['compile_s']:.1f} s)", flush=True)
+        t_prev[0] = now
         write(False)
-    report = aggregate(results, tuple(args.metrics), tuple(settings["parametrisations"]))
-    settings["n_structures"] = len(results)
+
+    report = run_study(structures, on_structure=on_structure, **kw)
+    settings = report.pop("settings")
+    report.pop("per_structure")
+    report.pop("timings")
     base["device"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     write(True, report)
     print(f"wrote {out} ({time.perf_counter() - t_start:.1f} s)")

@@ -352,14 +352,16 @@ def test_landscape_benchmark_tiny(tmp_path):
 
 
 def test_recover_lane_chunks_give_the_same_runs():
-    """Lanes split per metric and into chunks (lax.map of equal chunks plus a remainder) run the
-    same optimisations as one vmap per metric."""
+    """Lanes split into chunks (lax.map of equal chunks plus a remainder) run the same
+    optimisations as one vmap per reflection-list group (float32: vectorisation changes the
+    rounding, and Adam's first steps amplify it to ~1e-4 relative)."""
     from xtaljax.landscape.recover import load_target, recover
 
     tg = load_target(rutile())
     kw = dict(metrics=("cosine", "mse"), steps=5, seed=1)
     whole = recover(tg, 3, lane_chunk=None, **kw)
-    chunked = recover(tg, 3, lane_chunk=4, **kw)  # 9 lanes per metric: chunks of 4, 4, then 1
-    np.testing.assert_allclose(chunked.best_loss, whole.best_loss, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(chunked.loss_history, whole.loss_history, rtol=1e-5, atol=1e-7)
+    # P1 group: 12 lanes, chunks of 4, 4, 4; Wyckoff group: 6 lanes, a chunk of 4, then 2
+    chunked = recover(tg, 3, lane_chunk=4, **kw)
+    np.testing.assert_allclose(chunked.best_loss, whole.best_loss, rtol=5e-4, atol=1e-7)
+    np.testing.assert_allclose(chunked.loss_history, whole.loss_history, rtol=5e-4, atol=1e-7)
     np.testing.assert_array_equal(chunked.matched, whole.matched)

@@ -19,7 +19,7 @@ import numpy as np
 from ..core.pattern import simulate
 from ..core.symmetry import expand
 from .metrics import get_metric
-from .recover import Target
+from .recover import Target, reduce_cell
 
 
 def parameter_names(target: Target) -> list[str]:
@@ -64,14 +64,15 @@ def slice_patterns(target: Target, names, offsets):
     kinds = np.array([[0 if n.startswith("lattice") else 1] + [int(v) for v in n.split(":")[1:]] + [0] * (3 - len(n.split(":")))
                       for n in names])
     y, ovf = _slice_kernel(target.template, target.params, target.instrument, jnp.asarray(target.two_theta, dt),
-                           target.reflections, jnp.asarray(grid, dt), target.config, tuple(map(tuple, kinds.tolist())))
+                           target.reflections, jnp.asarray(grid, dt), target.config, tuple(map(tuple, kinds.tolist())),
+                           target.cell)
     if bool(np.any(np.asarray(ovf))):
         raise ValueError("slice leaves the enumerated reflections (lattice offsets too large for the target's margin)")
     return y, shape
 
 
 @functools.partial(jax.jit, static_argnames=("config", "kinds"))
-def _slice_kernel(template, params, inst, tt, refl, grid, config, kinds):
+def _slice_kernel(template, params, inst, tt, refl, grid, config, kinds, cell):
     def one(vals):
         p = params
         for (kind, i, k), v in zip(kinds, vals):
@@ -79,7 +80,7 @@ def _slice_kernel(template, params, inst, tt, refl, grid, config, kinds):
                 p = dataclasses.replace(p, lattice=p.lattice.at[i].add(v))
             else:
                 p = dataclasses.replace(p, coords=p.coords.at[i, k].add(v))
-        y, info = simulate(expand(template, p), inst, tt, refl, config, return_info=True)
+        y, info = simulate(reduce_cell(expand(template, p), cell), inst, tt, refl, config, return_info=True)
         return y, info["overflow"]
 
     return jax.vmap(one)(grid)

@@ -132,9 +132,9 @@ def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: in
         y_fit = np.convolve(y, gaussian_kernel(step, float(broaden_fwhm)), mode="same")
         inst = inst.replace(w=inst.w + float(broaden_fwhm) ** 2 / (8.0 * np.log(2.0)))
     target = load_target(template_structure, two_theta=tt, instrument=inst, symprec=symprec)
-    tpl, b, occ = _lane_templates(target)["wyckoff"]
+    tpl, b, occ, cell = _lane_templates(target)["wyckoff"]
     dt = target.crystal.frac.dtype
-    six0 = lattice_parameters(np.asarray(target.crystal.lattice, np.float64))
+    six0 = lattice_parameters(np.asarray(target.standard.lattice, np.float64))
     coord_free = np.asarray(tpl.coord_free, np.float64)
     # drop the given coordinates: x0 -> its part outside the span of the free basis columns, so
     # u is the orbit's coordinate itself (not an offset from the template structure's value)
@@ -157,11 +157,13 @@ def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: in
     u0 = rng.uniform(0.0, 1.0, (n_starts,) + coord_free.shape) * coord_free[None]
     q0 = np.broadcast_to(q_init, (n_starts, 6))
     bc = lambda x: jnp.broadcast_to(x, (n_starts,) + jnp.shape(x))  # noqa: E731
-    lanes = (jax.tree_util.tree_map(bc, tpl), bc(jnp.asarray(s, dt)), bc(jnp.asarray(b, dt)), bc(jnp.asarray(occ, dt)))
+    lanes = (jax.tree_util.tree_map(bc, tpl), bc(jnp.asarray(s, dt)), bc(jnp.asarray(b, dt)), bc(jnp.asarray(occ, dt)),
+             jax.tree_util.tree_map(bc, cell))
     q0j, u0j = jnp.asarray(q0, dt), jnp.asarray(u0, dt)
     run = _runner(((metric, ()),), tt.tobytes(), target.config, steps, float(lr))
     y_t = jnp.asarray(y_fit, dt)
-    args = (lanes, q0j, u0j, target.instrument, jnp.asarray(tt, dt), target.reflections, y_t)
+    # every iterate keeps the template's symmetry: the Laue-merged reflection list is exact
+    args = (lanes, q0j, u0j, target.instrument, jnp.asarray(tt, dt), target.reflections_sym, y_t)
     timings["prepare_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -179,14 +181,14 @@ def solve(two_theta, y_obs, template_structure, *, n_starts: int = 64, steps: in
         t1 = time.perf_counter()
         target0 = load_target(template_structure, two_theta=tt, instrument=inst0, symprec=symprec)
         run2 = _runner(((metric, ()),), tt.tobytes(), target0.config, int(polish_steps), float(lr) * 0.2)
-        args2 = (lanes, q, u, target0.instrument, jnp.asarray(tt, dt), target0.reflections, jnp.asarray(y, dt))
+        args2 = (lanes, q, u, target0.instrument, jnp.asarray(tt, dt), target0.reflections_sym, jnp.asarray(y, dt))
         _, _, q, u, _, best, ovf2 = _compiled(run2, args2, mesh)(*args2)
         ovf = jnp.logical_or(ovf, ovf2)
         best = jax.block_until_ready(best)
         timings["polish_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    crystals = jax.jit(jax.vmap(_crystal))(lanes[0], q, u, lanes[1], lanes[2], lanes[3])
+    crystals = jax.jit(jax.vmap(_crystal))(lanes, q, u)
     best = np.asarray(best, np.float64)
     u_np = np.asarray(u, np.float64) * coord_free[None]
     matched = rms = None

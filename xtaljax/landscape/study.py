@@ -72,12 +72,29 @@ def load_mp20(n: int = 10, path=None, *, offset: int = 0, ids=None, split: str |
     return out
 
 
+def match_pool(workers="auto", n_structures: int = 2):
+    """A spawn-context process pool for the StructureMatcher work of :func:`.recover.recover`, or
+    None. ``"auto"``: one worker per core beyond the first (at least 1, at most 4) when there is
+    more than one structure; 0 or None: match in this process."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers == "auto":
+        workers = max(1, min(4, (os.cpu_count() or 2) - 1)) if n_structures > 1 else 0
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise ValueError(f"match_workers must be a non-negative integer or 'auto', got {workers!r}")
+    if not workers:
+        return None
+    return ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"))
+
+
 def run_study(structures, *, n_distortions: int = 50, sigma_lattice: float = 0.03, sigma_coords: float = 0.3,
               mode: str = "both", coords_unit: str = "angstrom", metrics=("cosine", "mse", "entropy"),
               parametrisations=PARAMETRISATIONS, steps: int = 500, lr: float = 0.005, seed: int = 0,
               metric_options: dict | None = None, two_theta=None, instrument=None, matcher: dict | None = None,
               ksg_k: int = 3, space_group: int | None = None, symprec: float = 0.1, progress=None,
-              return_results: bool = False):
+              return_results: bool = False, match_workers="auto", on_structure=None):
     """Run the study and return the report dict (see the module docstring).
 
     ``structures``: a list of CIF paths, pymatgen ``Structure`` objects or ``(name, structure)``
@@ -85,8 +102,11 @@ def run_study(structures, *, n_distortions: int = 50, sigma_lattice: float = 0.0
     the same distortion seeds (``seed``), so rows are comparable across structures.
     ``space_group``: required space group of every structure (``ValueError`` naming the structure
     if spglib finds another). ``symprec``: spglib tolerance in Å (0.1, Materials Project's, by
-    default, so that MP-20's space-group labels are reproduced; the symmetrised standard cell is
-    the truth).
+    default, so that MP-20's space-group labels are reproduced; the truth is the primitive cell
+    of the symmetrised standard cell, see :func:`.recover.load_target`).
+    ``match_workers``: see :func:`match_pool`; each structure's matching then runs in a worker
+    process while the next structure compiles and optimises. ``on_structure(k, entry, result)``:
+    called as each structure completes (its ``per_structure`` entry and ``RecoveryResult``).
     """
     spec = DistortionSpec(sigma_lattice, sigma_coords, mode, coords_unit).validate()
     if int(steps) != steps or steps < 1:
@@ -96,24 +116,41 @@ def run_study(structures, *, n_distortions: int = 50, sigma_lattice: float = 0.0
     metrics, parametrisations = tuple(metrics), tuple(parametrisations)
     t_all = time.perf_counter()
     results, per = [], []
-    for k, item in enumerate(structures):
-        name, s = item if isinstance(item, tuple) else (None, item)
-        t0 = time.perf_counter()
-        tg = load_target(s, name=name, two_theta=two_theta, instrument=instrument, space_group=space_group,
-                         symprec=symprec, margin=0.05 + 4 * sigma_lattice)
-        t_load = time.perf_counter() - t0
-        r = recover(tg, n_distortions, spec, modes=parametrisations, metrics=metrics, metric_options=metric_options,
-                    steps=steps, lr=lr, seed=seed, matcher=matcher)
-        results.append(r)
-        per.append({"name": tg.name, "formula": tg.structure.composition.reduced_formula,
-                    "space_group": tg.info.space_group, "symbol": tg.info.symbol, "n_sites": tg.n_sites,
-                    "free_parameters": {"free": 6 + 3 * tg.n_sites, "family": tg.info.n_lattice + 3 * tg.n_sites,
-                                        "wyckoff": tg.info.n_lattice + tg.info.n_free_coords},
-                    "timings": {"load_s": t_load, **r.timings}, "summary": r.summary()})
+    pool = match_pool(match_workers, len(structures))
+
+    def finish(k):
+        r, tg, t_load, t0 = results[k]
+        r.wait()
+        entry = {"name": tg.name, "formula": tg.structure.composition.reduced_formula,
+                 "space_group": tg.info.space_group, "symbol": tg.info.symbol, "n_sites": tg.n_sites,
+                 "free_parameters": {"free": 6 + 3 * tg.n_sites, "family": tg.info.n_lattice + 3 * tg.n_sites,
+                                     "wyckoff": tg.info.n_lattice + tg.info.n_free_coords},
+                 "timings": {"load_s": t_load, **r.timings}, "summary": r.summary()}
+        per.append(entry)
         if progress:
             rates = " ".join(f"{p}={r.matched[i].mean():.2f}" for i, p in enumerate(parametrisations))
             progress(f"[{k + 1}/{len(structures)}] {tg.name} {tg.info.symbol} n={tg.n_sites}: match {rates} "
                      f"({time.perf_counter() - t0:.1f} s)")
+        if on_structure:
+            on_structure(k, entry, r)
+
+    try:
+        for k, item in enumerate(structures):
+            name, s = item if isinstance(item, tuple) else (None, item)
+            t0 = time.perf_counter()
+            tg = load_target(s, name=name, two_theta=two_theta, instrument=instrument, space_group=space_group,
+                             symprec=symprec, margin=0.05 + 4 * sigma_lattice)
+            t_load = time.perf_counter() - t0
+            r = recover(tg, n_distortions, spec, modes=parametrisations, metrics=metrics, metric_options=metric_options,
+                        steps=steps, lr=lr, seed=seed, matcher=matcher, executor=pool)
+            results.append((r, tg, t_load, t0))
+            if k > 0:  # the previous structure matched while this one compiled and optimised
+                finish(k - 1)
+        finish(len(results) - 1)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    results = [r for r, *_ in results]
     report = aggregate(results, metrics, parametrisations, ksg_k=ksg_k)
     report["per_structure"] = per
     report["settings"] = {"n_structures": len(results), "n_distortions": int(n_distortions),
