@@ -365,3 +365,77 @@ def test_recover_lane_chunks_give_the_same_runs():
     np.testing.assert_allclose(chunked.best_loss, whole.best_loss, rtol=5e-4, atol=1e-7)
     np.testing.assert_allclose(chunked.loss_history, whole.loss_history, rtol=5e-4, atol=1e-7)
     np.testing.assert_array_equal(chunked.matched, whole.matched)
+
+
+def _centred_structures():
+    from pymatgen.core import Lattice, Structure
+
+    return {
+        "F": Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "I": Structure.from_spacegroup("I4/mmm", Lattice.tetragonal(4.1, 9.3), ["Ba", "Fe", "As"],
+                                       [[0, 0, 0], [0, 0.5, 0.25], [0, 0, 0.354]]),
+        "C": Structure.from_spacegroup("C2/m", Lattice.monoclinic(9.1, 5.3, 6.2, 104.0), ["Mg", "O"],
+                                       [[0.11, 0, 0.27], [0.34, 0.21, 0.18]]),
+        "A": Structure.from_spacegroup("Amm2", Lattice.orthorhombic(3.9, 5.6, 5.7), ["Ba", "Ti", "O"],
+                                       [[0, 0, 0], [0.5, 0, 0.51], [0.5, 0.26, 0.24]]),
+        "R": Structure.from_spacegroup("R-3m", Lattice.hexagonal(4.38, 30.5), ["Bi", "Te"],
+                                       [[0, 0, 0.4], [0, 0, 0.21]]),
+    }
+
+
+@pytest.mark.parametrize("letter", ["F", "I", "C", "A", "R"])
+def test_primitive_target_is_exact(letter, x64):
+    """The truth in the primitive cell of the standard cell: 1/ratio of the atoms, the same
+    (normalised) pattern as the conventional cell, and the Laue-merged reflection list gives it too
+    (float64)."""
+    from xtaljax.core.pattern import simulate
+    from xtaljax.landscape.recover import load_target
+
+    s = _centred_structures()[letter]
+    prim = load_target(s)
+    conv = load_target(s, primitive=False)
+    assert prim.info.symbol[0] == letter
+    ratio = {"F": 4, "I": 2, "C": 2, "A": 2, "R": 3}[letter]
+    assert conv.n_sites == ratio * prim.n_sites
+    vp, vc = (abs(np.linalg.det(np.asarray(t.crystal.lattice, np.float64))) for t in (prim, conv))
+    assert vc == pytest.approx(ratio * vp, rel=1e-5)
+    yp, yc = np.asarray(prim.pattern), np.asarray(conv.pattern)
+    np.testing.assert_allclose(yp / yp.max(), yc / yc.max(), atol=1e-10)
+    ys = np.asarray(simulate(prim.crystal, prim.instrument, prim.two_theta, prim.reflections_sym, prim.config))
+    np.testing.assert_allclose(ys / ys.max(), yp / yp.max(), atol=1e-10)
+    assert prim.reflections_sym.capacity < prim.reflections.capacity
+
+
+@pytest.mark.parametrize("letter", ["F", "C", "R"])
+def test_starts_of_the_truth_reproduce_it_in_every_parametrisation(letter):
+    """make_starts from the undistorted truth, with its atoms moved by primitive lattice vectors
+    (as a wrap into [0, 1) does), gives back the true pattern in free, family and Wyckoff lanes."""
+    from xtaljax.core.pattern import simulate
+    from xtaljax.landscape.recover import _crystal, _lane_templates, load_target, make_starts
+
+    tg = load_target(_centred_structures()[letter])
+    frac = np.asarray(tg.crystal.frac, np.float64)
+    shifted = frac + np.random.default_rng(0).integers(-2, 3, frac.shape)
+    starts = make_starts(tg, np.asarray(tg.crystal.lattice)[None], shifted[None] % 1.0)
+    y_t = np.asarray(tg.pattern)
+    for mode, (tpl, b, occ, cell) in _lane_templates(tg).items():
+        q, u, s = starts[mode]
+        c = _crystal((tpl, jnp.asarray(s, jnp.float32), jnp.asarray(b), jnp.asarray(occ), cell),
+                     jnp.asarray(q[0], jnp.float32), jnp.asarray(u[0], jnp.float32))
+        y = np.asarray(simulate(c, tg.instrument, tg.two_theta, tg.reflections, tg.config))
+        np.testing.assert_allclose(y / y.max(), y_t / y_t.max(), atol=2e-4, err_msg=mode)
+
+
+def test_study_matching_in_a_worker_process_gives_the_same_report():
+    """run_study hands each structure's StructureMatcher work to a process pool; the report is
+    the same as matching in the calling process."""
+    from xtaljax.landscape.study import run_study
+
+    items = [("rutile", rutile()), ("NaCl", _centred_structures()["F"])]
+    kw = dict(n_distortions=3, sigma_lattice=0.005, sigma_coords=0.03, metrics=("cosine",), steps=3, seed=0)
+    inline = run_study(items, match_workers=0, **kw)
+    pooled = run_study(items, match_workers=1, **kw)
+    assert pooled["match_rate"] == inline["match_rate"]
+    assert pooled["start_match_rate"] == inline["start_match_rate"]
+    with pytest.raises(ValueError, match="match_workers"):
+        run_study(items, match_workers=-1, **kw)

@@ -47,6 +47,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     lp.add_argument("--range", nargs=2, type=float, metavar=("START", "STOP"), default=(10.0, 80.0),
                     help="2θ range in degrees (default 10 80)")
     lp.add_argument("--step", type=float, default=0.05, help="2θ step in degrees (default 0.05)")
+    lp.add_argument("--match-workers", type=int, default=None, metavar="N",
+                    help="processes for StructureMatcher, overlapping the next structure's optimisation "
+                         "(default: cores - 1, at most 4; 0: match in this process)")
+    lp.add_argument("--no-cache", action="store_true",
+                    help="do not use the persistent compilation cache (a rerun of the same shapes, e.g. "
+                         "another seed or sigma, otherwise skips compilation)")
     lp.add_argument("--no-plot", action="store_true")
     lp.add_argument("--out", required=True, help="output folder")
     lp.set_defaults(func=run)
@@ -67,6 +73,8 @@ def _check(args) -> None:
         raise ValueError(f"--symprec must be > 0, got {args.symprec}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.match_workers is not None and args.match_workers < 0:
+        raise ValueError(f"--match-workers must be >= 0, got {args.match_workers}")
     for name, v in (("--sigma-lattice", args.sigma_lattice), ("--sigma-coords", args.sigma_coords)):
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be > 0, got {v}")
@@ -110,8 +118,11 @@ def run(args) -> int:
 
     warnings.filterwarnings("ignore", module="pymatgen")
     _check(args)
+    from .._cache import enable_compilation_cache
     from ..io.structures import load_structure
 
+    if not args.no_cache:
+        enable_compilation_cache()
     structures = [(str(p), load_structure(p)) for p in args.structures]
     if args.mp20:
         structures += load_mp20(args.mp20, args.mp20_csv)
@@ -122,6 +133,7 @@ def run(args) -> int:
         mode=args.distortion_mode, metrics=args.metrics, parametrisations=args.parametrisations, steps=args.steps,
         lr=args.lr, seed=args.seed, metric_options={"broaden_fwhm": args.broaden} if args.broaden > 0 else None,
         two_theta=tt, space_group=args.space_group, symprec=args.symprec, return_results=True,
+        match_workers="auto" if args.match_workers is None else args.match_workers,
         progress=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
