@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from xtaljax.landscape.study import aggregate, load_mp20, run_study
+    from xtaljax.landscape.study import load_mp20, run_study
 
     size = dict(SIZES[args.size])
     for k, v in (("steps", args.steps), ("n_distortions", args.distortions), ("n_structures", args.structures)):
