@@ -128,3 +128,20 @@ def test_generator_eval_benchmark_tiny(tmp_path):
         assert _positive(res[name]["seconds_per_sample"])
     assert 0.0 <= res["refinement_no_lattice_best_ranked"]["match_rate_after"] <= 1.0
     assert 0.0 <= res["retrieval_current_encoder"]["top1"] <= res["retrieval_current_encoder"]["top10"] <= 1.0
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "structures" / "perov_5" / "test.csv").is_file(),
+                    reason="../shared data not present")
+def test_generator_failures_benchmark_tiny(tmp_path):
+    """``benchmarks/generator_failures.py`` on 4 rows × 2 samples: every row gets one class, the
+    counts add up, and the truth's own loss is ~0 (the noiseless pattern it was made from)."""
+    out = tmp_path / "fail.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generator_failures.py"), "--rows", "4",
+                           "--samples", "2", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    s = r["summary"]
+    assert s["rows"] == 4 and sum(s["classes"].values()) == 4
+    assert {row["class"] for row in r["rows"]} <= {"top1_match", "decoration", "geometry"}
+    assert s["failures_with_a_match_among_k"] <= 4 - s["classes"]["top1_match"]
+    assert s["median_truth_loss"] < 0.05

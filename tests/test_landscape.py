@@ -431,7 +431,7 @@ def test_study_matching_in_a_worker_process_gives_the_same_report():
     the same as matching in the calling process."""
     from xtaljax.landscape.study import run_study
 
-    items = [("rutile", rutile()), ("NaCl", _centred_structures()["F"])]
+    items = [("NaCl", _centred_structures()["F"])]
     kw = dict(n_distortions=3, sigma_lattice=0.005, sigma_coords=0.03, metrics=("cosine",), steps=3, seed=0)
     inline = run_study(items, match_workers=0, **kw)
     pooled = run_study(items, match_workers=1, **kw)
