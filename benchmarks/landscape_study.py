@@ -92,7 +92,7 @@ def main(argv=None) -> int:
                                                                             "offset": args.offset, "skipped": args.skip,
                                                                             "structures": [n for n, _ in structures]},
             "device": _device(), "versions": _versions(), "dtype": "float32"}
-    results, per, settings = [], [], None  # settings: from the finished study's report
+    per, settings = [], None  # settings: from the finished study's report
 
     def write(complete: bool, report=None):
         doc = dict(base, complete=complete, per_structure=per, settings=settings)
@@ -122,7 +122,6 @@ def main(argv=None) -> int:
                          "overflow": r0.overflow[i, j].tolist()}
                    for j, met in enumerate(r0.metrics)} for i, mode in enumerate(r0.modes)})
         per.append(entry)
-        results.append(r0)
         rates = " ".join(f"{m}:" + ",".join(f"{r0.matched[i, j].mean():.2f}" for i in range(len(r0.modes)))
                          for j, m in enumerate(r0.metrics))
         now = time.perf_counter()
