@@ -93,8 +93,7 @@ def main(argv=None) -> int:
         cand = generate(model, meta, data.z, data.mask, y, k, key=key, lattice=lat, steps=steps)
         runs[name] = _metrics(cand, data, ks, args.workers)
         t1 = time.perf_counter()
-        frac, loss = polish(cand, y, meta, settings=settings)
-        pol = dataclasses.replace(cand, frac=frac)
+        pol, loss = polish(cand, y, meta, settings=dataclasses.replace(settings, refine_lattice=lat is None))
         runs[f"{name}_polished"] = _metrics(pol, data, ks, args.workers) | {"polish_seconds": time.perf_counter() - t1}
         ranked = reorder(pol, np.argsort(loss, axis=1))
         runs[f"{name}_polished_ranked"] = _metrics(ranked, data, ks, args.workers)

@@ -1,7 +1,9 @@
 """Why the generator's single answer misses: a breakdown of the perov-5 top-1 failures.
 
-For a random subset of test rows: k samples without the lattice -> batched polish -> ranked by
-the polished pattern loss (the pipeline of ``generator_eval.py``). Every row is put in one class:
+For a random subset of test rows: k samples without the lattice -> batched polish (coordinates,
+cell strain and decoration search by default; ``--swap-rounds 0 --fixed-lattice`` gives the
+session-5 polish) -> ranked by the polished pattern loss (the pipeline of ``generator_eval.py``
+and ``xtaljax solve``). Every row is put in one class:
 
 * ``top1_match``: the best-ranked candidate matches the truth (the CDVAE/PXRDGen criterion of
   ``generator_eval.py``: structurally valid and ``StructureMatcher(0.5, 10, 0.3).get_rms_dist``
@@ -17,7 +19,9 @@ answer at the polish's convergence). The truth's own loss under the same objecti
 pymatgen's stricter ``fit`` (largest normalised displacement ≤ stol, where the protocol's
 ``get_rms_dist`` only needs every site within the fractional tolerance).
 
-  python benchmarks/generator_failures.py --rows 60 --out benchmarks/results/generator_perov5_failures_cpu.json
+  python benchmarks/generator_failures.py --rows 200 --out benchmarks/results/generator_perov5_failures_200_cpu.json
+  python benchmarks/generator_failures.py --rows 200 --swap-rounds 0 --fixed-lattice \
+      --out benchmarks/results/generator_perov5_failures_200_noswap_cpu.json
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--broad-steps", type=int, default=Polish.broad_steps, help="polish steps on the broadened pattern")
     ap.add_argument("--fine-steps", type=int, default=Polish.fine_steps, help="polish steps at full resolution")
+    ap.add_argument("--swap-rounds", type=int, default=Polish.swap_rounds, help="rounds of the decoration search")
+    ap.add_argument("--fixed-lattice", action="store_true", help="keep each candidate's cell as generated")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     from pymatgen.analysis.structure_matcher import FrameworkComparator, StructureMatcher
@@ -65,15 +71,16 @@ def main(argv=None) -> int:
     data = data.subset(np.sort(np.random.default_rng(args.seed).choice(len(data), args.rows, replace=False)))
     y = _eval_patterns(data, meta)
     cand = generate(model, meta, data.z, data.mask, y, args.samples, key=jax.random.key(args.seed))
-    settings = Polish(broad_steps=args.broad_steps, fine_steps=args.fine_steps)
-    frac, loss = polish(cand, y, meta, settings=settings)
+    settings = Polish(broad_steps=args.broad_steps, fine_steps=args.fine_steps, swap_rounds=args.swap_rounds,
+                      refine_lattice=not args.fixed_lattice)
+    pol, loss = polish(cand, y, meta, settings=settings)
     order = np.argsort(loss, axis=1)
-    ranked = reorder(dataclasses.replace(cand, frac=frac), order)
+    ranked = reorder(pol, order)
     loss = np.take_along_axis(loss, order, axis=1)
     # the truth under the same objective (a 1-step polish at a negligible rate returns the start's loss)
     truth = Candidates(frac=data.frac[:, None], params=data.params[:, None], z=data.z, mask=data.mask, seconds=0.0,
                        nfe=0.0)
-    _, truth_loss = polish(truth, y, meta, settings=Polish(broad_steps=1, fine_steps=1, lr=1e-12))
+    _, truth_loss = polish(truth, y, meta, settings=Polish(1, 1, lr=1e-12, swap_rounds=0, refine_lattice=False))
     sm = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
     fw = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3, comparator=FrameworkComparator())
     def found(m, s, ref):

@@ -199,7 +199,7 @@ def _demo_solve(data, out: Path) -> int:
     with resources.as_file(data / "perov_example.xy") as xy, resources.as_file(data / "perov_example_truth.cif") as cif:
         ns = argparse.Namespace(pattern=str(xy), composition="LaAlO3", lattice=None, samples=8, wavelength="CuKa",
                                 instrument=None, format=None, checkpoint=None, steps=200, solver="euler", guidance=0.0,
-                                polish_steps=30, refine_top=3, seed=0, out=str(out))
+                                polish_steps=30, swap_rounds=2, refine_top=3, seed=0, out=str(out))
         rc = cmd_solve(ns)
         truth = Structure.from_file(cif)
     best = json.loads((out / "result.json").read_text())["candidates"][0]
