@@ -55,6 +55,10 @@ class Polish:
     #: Refine a symmetric strain of each candidate's cell along with the coordinates.
     refine_lattice: bool = True
 
+    def __post_init__(self):
+        if min(self.broad_steps, self.fine_steps, self.swap_rounds) < 0 or not self.lr > 0 or not self.broad_fwhm > 0:
+            raise ValueError(f"polish settings: steps and swap_rounds must be >= 0, lr and broad_fwhm > 0 ({self})")
+
 
 def _loss(x, lat, sp, m, yo, rf, ins, tt, cfg, min_dist: float = MIN_DIST):
     """:func:`.data.pattern_mismatch` + a soft contact penalty (minimum image): the pattern barely
