@@ -307,7 +307,8 @@ def test_solve_cli(tiny_ckpt, perov, tmp_path):
     assert main(["solve", str(pat), "--composition", formula, "--wavelength", "CuKa", "--samples", "1",
                  "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
     assert main(["solve", str(pat), "--composition", formula] + base) == 2  # no wavelength anywhere
-    assert main(["solve", str(pat), "--composition", formula, "--wavelength", "CuKa", "--swap-rounds", "-1"] + base) == 2
+    for bad in (["--swap-rounds", "-1"], ["--polish-steps", "-1"]):
+        assert main(["solve", str(pat), "--composition", formula, "--wavelength", "CuKa", *bad] + base) == 2
     assert not (tmp_path / "x").exists()
 
 

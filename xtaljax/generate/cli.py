@@ -40,8 +40,8 @@ def add_parsers(sub) -> None:
                     help="batched gradient polish of every candidate (coordinates and a strain of the cell): "
                          "N broadened + N fine Adam steps (0 = off)")
     sp.add_argument("--swap-rounds", type=int, default=2, metavar="R",
-                    help="decoration search after the polish: R rounds of trying every exchange of two atoms of "
-                         "different elements, keeping the best, with N more fine steps (0 = off)")
+                    help="decoration search: every exchange of two atoms of different elements is tried on the "
+                         "start and in R rounds after the polish; an exchange is kept if it polishes lower (0 = off)")
     sp.add_argument("--refine-top", type=int, default=5, metavar="N",
                     help="Rietveld-refine the N candidates with the best polished pattern match (default 5)")
     sp.add_argument("--seed", type=int, default=0)
@@ -131,8 +131,9 @@ def cmd_solve(args) -> int:
     from .polish import Polish, polish
     from .rank import refine_and_rank, write_solution
 
-    if args.samples < 1 or args.refine_top < 1 or args.polish_steps < 0 or args.swap_rounds < 0:
-        raise ValueError("--samples and --refine-top must be >= 1, --polish-steps and --swap-rounds >= 0")
+    if args.samples < 1 or args.refine_top < 1:
+        raise ValueError("--samples and --refine-top must be >= 1")
+    settings = Polish(broad_steps=args.polish_steps, fine_steps=args.polish_steps, swap_rounds=args.swap_rounds)
     enable_compilation_cache()
     t0 = time.perf_counter()
     pat = read_pattern(args.pattern, fmt=args.format)
@@ -155,7 +156,6 @@ def cmd_solve(args) -> int:
     cand = generate(model, meta, z, mask, y[None], args.samples, key=__import__("jax").random.key(args.seed),
                     lattice=lattice, steps=args.steps, solver=args.solver, guidance=_guidance(args.guidance))
     print(f"  generated in {cand.seconds:.2f} s", file=sys.stderr)
-    settings = Polish(broad_steps=args.polish_steps, fine_steps=args.polish_steps, swap_rounds=args.swap_rounds)
     cand, loss = polish(cand, y[None], meta, settings=settings)
     structs = cand.structures(0)
     order = [int(i) for i in np.argsort(loss[0]) if structs[i] is not None and structure_valid(structs[i])]

@@ -52,12 +52,15 @@ class Polish:
     #: lanes kept), then ``swap_rounds`` times after the polish (the proposal gets
     #: ``fine_steps`` more steps and is kept if it ends lower).
     swap_rounds: int = 2
-    #: Refine a symmetric strain of each candidate's cell along with the coordinates.
+    #: Refine a symmetric strain of each candidate's cell along with the coordinates (in the
+    #: full-resolution stage only).
     refine_lattice: bool = True
 
     def __post_init__(self):
         if min(self.broad_steps, self.fine_steps, self.swap_rounds) < 0 or not self.lr > 0 or not self.broad_fwhm > 0:
-            raise ValueError(f"polish settings: steps and swap_rounds must be >= 0, lr and broad_fwhm > 0 ({self})")
+            raise ValueError("polish settings: --polish-steps/steps and --swap-rounds must be >= 0, lr and broad_fwhm > 0 "
+                             f"(got {self.broad_steps}/{self.fine_steps} steps, {self.swap_rounds} rounds, lr {self.lr}, "
+                             f"broad_fwhm {self.broad_fwhm})")
 
 
 def _loss(x, lat, sp, m, yo, rf, ins, tt, cfg, min_dist: float = MIN_DIST):
