@@ -352,16 +352,24 @@ def test_landscape_benchmark_tiny(tmp_path):
 
 
 def test_recover_lane_chunks_give_the_same_runs():
-    """Lanes split into chunks (lax.map of equal chunks plus a remainder) run the same
-    optimisations as one vmap per reflection-list group (float32: vectorisation changes the
+    """Lanes split into chunks of one metric each (lax.map, the chunk's metric by lax.switch,
+    segments padded to whole chunks) run the same optimisations as one vmap per
+    reflection-list group that evaluates every metric (float32: vectorisation changes the
     rounding, and Adam's first steps amplify it to ~1e-4 relative)."""
-    from xtaljax.landscape.recover import load_target, recover
+    from xtaljax.landscape.recover import chunk_layout, load_target, recover
 
+    # 2 segments of 5 lanes in chunks of at most 2: chunks of 2, each segment padded to 6
+    c, order, real = chunk_layout(2, 5, 2)
+    assert c == 2
+    np.testing.assert_array_equal(order, [0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9, 9])
+    np.testing.assert_array_equal(order[real], np.arange(10))
+    assert chunk_layout(3, 120, 50)[0] == 40 and chunk_layout(3, 50, 50)[1].size == 150
     tg = load_target(rutile())
-    kw = dict(metrics=("cosine", "mse"), steps=5, seed=1)
+    kw = dict(metrics=("cosine", "mse", "entropy"), steps=5, seed=1)
     whole = recover(tg, 3, lane_chunk=None, **kw)
-    # P1 group: 12 lanes, chunks of 4, 4, 4; Wyckoff group: 6 lanes, a chunk of 4, then 2
-    chunked = recover(tg, 3, lane_chunk=4, **kw)
+    # segments of 3 distortions in chunks of 2: each padded to 4 lanes (9 segments, 9 padding lanes)
+    chunked = recover(tg, 3, lane_chunk=2, **kw)
+    assert chunked.timings["padding_lanes"] == 9 and whole.timings["padding_lanes"] == 0
     np.testing.assert_allclose(chunked.best_loss, whole.best_loss, rtol=5e-4, atol=1e-7)
     np.testing.assert_allclose(chunked.loss_history, whole.loss_history, rtol=5e-4, atol=1e-7)
     np.testing.assert_array_equal(chunked.matched, whole.matched)

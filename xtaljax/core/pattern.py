@@ -161,21 +161,20 @@ def _f2_pymatgen(s2, frac, occm, b_iso, hkl, species):
 def _f2_fwd(s2, frac, occm, b_iso, hkl, species):
     f0, df0, e, w, fr, sin, cos = _f2_terms(s2, frac, occm, b_iso, hkl, species)
     a, b = jnp.sum(fr * cos, -1), jnp.sum(fr * sin, -1)
-    return a**2 + b**2, (s2, frac, occm, b_iso, hkl, species, a, b)  # A, B kept: (cap,) each
+    return a**2 + b**2, (s2, hkl, a, b, f0 * e, df0 * w - fr * b_iso[None, :], fr, sin, cos)
 
 
 def _f2_bwd(res, gf):
-    s2, frac, occm, b_iso, hkl, species, a, b = res
-    f0, df0, e, w, fr, sin, cos = _f2_terms(s2, frac, occm, b_iso, hkl, species)
+    s2, hkl, a, b, f0e, dfr, fr, sin, cos = res
     a, b = a[:, None], b[:, None]
     g2 = 2.0 * gf[:, None]
     t_fr = g2 * (a * cos + b * sin)  # ∂L/∂fr
     t_turn = (2.0 * np.pi) * g2 * fr * (b * cos - a * sin)  # ∂L/∂turns
     zero = jnp.zeros((), s2.dtype)
     g_occ, g_b, gx, gy, gz = lax.reduce(
-        (t_fr * f0 * e, -t_fr * fr * s2[:, None], t_turn * hkl[:, 0:1], t_turn * hkl[:, 1:2], t_turn * hkl[:, 2:3]),
+        (t_fr * f0e, -t_fr * fr * s2[:, None], t_turn * hkl[:, 0:1], t_turn * hkl[:, 1:2], t_turn * hkl[:, 2:3]),
         (zero,) * 5, lambda p, q: tuple(u + v for u, v in zip(p, q)), (0,))
-    g_s2 = jnp.sum(t_fr * (df0 * w - fr * b_iso[None, :]), -1)
+    g_s2 = jnp.sum(t_fr * dfr, -1)
     return g_s2, jnp.stack([gx, gy, gz], -1), g_occ, g_b, None, None
 
 

@@ -375,32 +375,37 @@ def _runner(metric_key: tuple, tt_key: bytes, config: SimConfig, steps: int, lr:
     losses (L, steps + 1), best_loss (L,), overflow (L,))``; one compilation per shape.
 
     A lane is ``(template, s, b, occ, cell, w)`` with ``w`` one weight per metric of
-    ``metric_key`` (one-hot: the lane's metric). Every metric is evaluated on the lane's pattern
-    and the selected one kept, so lanes of all metrics share one ``vmap`` and one compiled body
-    (the metrics cost little next to the simulation and its gradient).
+    ``metric_key`` (one-hot: the lane's metric).
 
     ``groups``: ``((lanes, reflection-list index), ...)`` consecutive lane groups, each its own
     ``vmap`` with ``refl[index]`` (``refl`` is then a tuple of lists: the Wyckoff lanes use the
-    Laue-merged list). ``chunk``: at most this many lanes per ``vmap``; a group's equal chunks
-    run one after the other through ``lax.map`` (compiled once), which keeps a step's working
-    set in cache on a CPU (50 lanes: 5,700 against 3,050 lane-steps/s)."""
+    Laue-merged list). Without ``chunk`` every metric is evaluated on each lane's pattern and the
+    lane's own kept (one ``vmap`` for lanes of all metrics). ``chunk``: lanes per ``vmap``; every
+    group must hold a whole number of chunks and **every chunk lanes of one metric** (the caller
+    pads, see :func:`recover`). The chunks of a group run one after the other through
+    ``lax.map`` (compiled once), which keeps a step's working set in cache on a CPU (50 lanes:
+    5,700 against 3,050 lane-steps/s), and each chunk computes only its own metric (a
+    ``lax.switch`` on the chunk's metric outside the ``vmap``; evaluating all three metrics on
+    every lane cost 25 % of a step)."""
     tt = np.frombuffer(tt_key, np.float64)
     metrics = [get_metric(name, tt, **dict(opts)) for name, opts in metric_key]
     import optax
 
     opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
 
-    def lane_loss(q, u, lane, inst, tt_j, refl, y_t):
+    def lane_loss(q, u, lane, inst, tt_j, refl, y_t, k):
         crystal = _crystal(lane, q, u)
         y, info = simulate(crystal, inst, tt_j, refl, config, return_info=True)
         if len(metrics) == 1:
             return metrics[0].loss(y, y_t), info["overflow"]
+        if k is not None:  # the chunk's metric (not batched: a real branch)
+            return jax.lax.switch(k, [m.loss for m in metrics], y, y_t), info["overflow"]
         w = lane[5]
         loss = sum(jnp.where(w[j] > 0, m.loss(y, y_t), 0.0) for j, m in enumerate(metrics))
         return loss, info["overflow"]
 
-    def run_one(lane, q0, u0, inst, tt_j, refl, y_t):
-        vg = jax.value_and_grad(lambda qu: lane_loss(qu[0], qu[1], lane, inst, tt_j, refl, y_t), has_aux=True)
+    def run_one(lane, q0, u0, inst, tt_j, refl, y_t, k=None):
+        vg = jax.value_and_grad(lambda qu: lane_loss(qu[0], qu[1], lane, inst, tt_j, refl, y_t, k), has_aux=True)
         state0 = opt.init((q0, u0))
         inf = jnp.asarray(jnp.inf, q0.dtype)
 
@@ -417,7 +422,7 @@ def _runner(metric_key: tuple, tt_key: bytes, config: SimConfig, steps: int, lr:
 
         init = ((q0, u0), state0, jnp.asarray(False), inf, (q0, u0))
         (qu, _, ovf, best, best_qu), hist = jax.lax.scan(step, init, None, length=steps)
-        final, o = lane_loss(qu[0], qu[1], lane, inst, tt_j, refl, y_t)
+        final, o = lane_loss(qu[0], qu[1], lane, inst, tt_j, refl, y_t, k)
         better = final < best
         best_qu = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), qu, best_qu)
         best = jnp.where(better, final, best)
@@ -427,27 +432,52 @@ def _runner(metric_key: tuple, tt_key: bytes, config: SimConfig, steps: int, lr:
     if groups is None:
         return jax.jit(jax.vmap(run_one, in_axes=axes))
     one = jax.vmap(run_one, in_axes=axes)
+    one_k = jax.vmap(run_one, in_axes=axes + (None,))
+    if chunk:
+        for n_group, _ in groups:
+            if n_group % int(chunk):
+                raise ValueError(f"a group of {n_group} lanes is not a whole number of chunks of {chunk}")
 
     def run_groups(lanes, q0, u0, inst, tt_j, refls, y_t):
         outs, off = [], 0
-        for n_group, k in groups:
-            refl = refls[k]
+        for n_group, i in groups:
+            refl = refls[i]
             take = lambda x, off=off, n=n_group: x[off:off + n]  # noqa: E731
             args = (jax.tree_util.tree_map(take, lanes), take(q0), take(u0))
-            size = n_group if not chunk else min(int(chunk), n_group)
-            if size == n_group:
+            if not chunk or int(chunk) == n_group and len(metrics) == 1:
                 outs.append(one(*args, inst, tt_j, refl, y_t))
-            else:  # equal chunks one after the other (lax.map: compiled once), the rest as one more vmap
-                n_full = n_group // size * size
-                head = jax.tree_util.tree_map(lambda x: x[:n_full].reshape((n_full // size, size) + x.shape[1:]), args)
-                res = jax.lax.map(lambda a, refl=refl: one(*a, inst, tt_j, refl, y_t), head)
-                outs.append(jax.tree_util.tree_map(lambda x: x.reshape((n_full,) + x.shape[2:]), res))
-                if n_full < n_group:
-                    outs.append(one(*jax.tree_util.tree_map(lambda x: x[n_full:], args), inst, tt_j, refl, y_t))
+            else:  # equal chunks one after the other (lax.map: compiled once), one metric each
+                size = int(chunk)
+                head = jax.tree_util.tree_map(lambda x: x.reshape((n_group // size, size) + x.shape[1:]), args)
+
+                def body(a, refl=refl):
+                    k = jnp.argmax(a[0][5][0]) if len(metrics) > 1 else None  # the chunk's metric
+                    return one_k(*a, inst, tt_j, refl, y_t, k)
+
+                res = jax.lax.map(body, head)
+                outs.append(jax.tree_util.tree_map(lambda x: x.reshape((n_group,) + x.shape[2:]), res))
             off += n_group
         return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
 
     return jax.jit(run_groups)
+
+
+def chunk_layout(n_segments: int, segment: int, chunk: int | None):
+    """Chunk size ``c`` and lane order for ``n_segments`` consecutive segments of ``segment`` lanes
+    (a segment: one parametrisation and metric) run in chunks of at most ``chunk`` lanes, each
+    chunk inside one segment: ``c = ⌈segment / ⌈segment / chunk⌉⌉`` and every segment padded to a
+    multiple of ``c`` by repeating its last lane. Returns ``(c, order, real)``: ``order`` indexes
+    the lanes of the padded layout, ``real`` the positions in it of the original lanes (in their
+    order). ``chunk=None``: no chunks and no padding (``c = None``)."""
+    idx = np.arange(n_segments * segment).reshape(n_segments, segment)
+    if not chunk:
+        flat = idx.reshape(-1)
+        return None, flat, np.arange(flat.size)
+    c = -(-segment // -(-segment // int(chunk)))
+    padded = -(-segment // c) * c
+    order = np.concatenate([idx, np.repeat(idx[:, -1:], padded - segment, axis=1)], axis=1)
+    real = (np.arange(n_segments)[:, None] * padded + np.arange(segment)[None, :]).reshape(-1)
+    return c, order.reshape(-1), real
 
 
 @dataclasses.dataclass
@@ -573,36 +603,45 @@ def recover(target: Target, n_distortions: int = 8, spec: DistortionSpec | None 
     u0 = jnp.asarray(np.stack(u0s), dt)
     opts = tuple(sorted((metric_options or {}).items()))
     metric_key = tuple((m, opts) for m in metrics)
-    # the optimiser runs the P1 lanes (free, family) with the full reflection list, then the
-    # Wyckoff lanes with the Laue-merged one; results come back in [mode, metric, distortion] order
-    n_k, n_d = len(metrics), n_distortions
-    per_mode = n_k * n_d
-    p1 = [i for i, m in enumerate(modes) if m != "wyckoff"]
-    wy = [i for i, m in enumerate(modes) if m == "wyckoff"]
-    order = np.concatenate([np.arange(i * per_mode, (i + 1) * per_mode) for i in p1 + wy]).astype(np.int64)
-    back = np.argsort(order)
-    groups = tuple((len(ix) * per_mode, k) for ix, k in ((p1, 0), (wy, 1)) if ix)
     if lane_chunk == "auto":  # on a CPU, vmaps of a few dozen lanes keep a step's arrays in cache
         lane_chunk = LANE_CHUNK_CPU if jax.default_backend() == "cpu" else None
     elif lane_chunk is not None and (isinstance(lane_chunk, bool) or int(lane_chunk) != lane_chunk or lane_chunk < 1):
         raise ValueError(f"lane_chunk must be a positive integer, 'auto' or None, got {lane_chunk!r}")
+    # the optimiser runs the P1 lanes (free, family) with the full reflection list, then the
+    # Wyckoff lanes with the Laue-merged one, each (mode, metric) segment of distortions in
+    # chunks of one metric (padded, see chunk_layout); results come back in [mode, metric,
+    # distortion] order
+    n_k, n_d = len(metrics), n_distortions
+    p1 = [i for i, m in enumerate(modes) if m != "wyckoff"]
+    wy = [i for i, m in enumerate(modes) if m == "wyckoff"]
+    segs = [i * n_k + j for i in p1 + wy for j in range(n_k)]  # segment order of the run
+    chunk, seg_order, real = chunk_layout(len(segs), n_d, lane_chunk)
+    seg_of = np.asarray(segs)[seg_order // n_d]
+    order = (seg_of * n_d + seg_order % n_d).astype(np.int64)
+    per_seg = seg_order.size // len(segs)
+    pos = np.empty(n_d * len(modes) * n_k, np.int64)  # where each lane's run is in the run order
+    pos[order[real]] = real
+    groups = tuple((len(ix) * n_k * per_seg, k) for ix, k in ((p1, 0), (wy, 1)) if ix)
     run = _runner(metric_key, np.asarray(target.two_theta, np.float64).tobytes(), target.config, int(steps), float(lr),
-                  groups=groups, chunk=lane_chunk)
+                  groups=groups, chunk=chunk)
     tt_j = jnp.asarray(target.two_theta, dt)
     timings["prepare_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     perm = jnp.asarray(order)
     args = (jax.tree_util.tree_map(lambda x: x[perm], lanes), q0[perm], u0[perm], target.instrument, tt_j,
             (target.reflections, target.reflections_sym), target.pattern)
-    compiled = run.lower(*args).compile()
+    lowered = run.lower(*args)
+    timings["lower_s"] = time.perf_counter() - t1
+    compiled = lowered.compile()
     timings["compile_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     outs = jax.block_until_ready(compiled(*args))
-    q_last, u_last, q, u, hist, best, ovf = jax.tree_util.tree_map(lambda x: x[jnp.asarray(back)], outs)
+    q_last, u_last, q, u, hist, best, ovf = jax.tree_util.tree_map(lambda x: x[jnp.asarray(pos)], outs)
     hist = np.asarray(hist)
     best = np.asarray(best)
     timings["optimise_s"] = time.perf_counter() - t1
     timings["lanes"] = int(q0.shape[0])
+    timings["padding_lanes"] = int(order.size - q0.shape[0])
     timings["lane_steps_per_s"] = float(q0.shape[0] * steps / timings["optimise_s"])
 
     t2 = time.perf_counter()
