@@ -260,3 +260,34 @@ def test_core_imports_without_pymatgen_spglib_flax():
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("autodiff", ["reverse", "forward"])
+def test_species_slots_same_pattern_and_gradient(autodiff):
+    """Form factors per distinct scatterer (SimConfig.species_slots) give the same pattern and
+    gradients as per atom; too few slots: one-line error on the host, NaN peaks under a trace."""
+    c, inst, tt, _, refl = _setup()
+    cfg = xj.resolve_config(xj.SimConfig(autodiff=autodiff), inst, TT_GRAD)
+    n_sp = np.unique(np.asarray(c.species)).size  # padding rows included
+    assert n_sp < c.frac.shape[0]  # atoms share elements: fewer form-factor rows
+    cfg_s = dataclasses.replace(cfg, species_slots=n_sp)
+    w = jnp.asarray(np.random.default_rng(4).normal(size=TT_GRAD.size))
+
+    def loss(params, cf):
+        cr = dataclasses.replace(c, **params)
+        return jnp.sum(w * xj.simulate(cr, inst, tt, refl, cf)) / 1e4
+
+    params = {"lattice": c.lattice, "frac": c.frac, "b_iso": c.b_iso}
+    np.testing.assert_allclose(np.asarray(xj.simulate(c, inst, tt, refl, cfg_s)),
+                               np.asarray(xj.simulate(c, inst, tt, refl, cfg)), rtol=1e-12, atol=0)
+    g0 = jax.jit(jax.grad(loss), static_argnums=1)(params, cfg)
+    g1 = jax.jit(jax.grad(loss), static_argnums=1)(params, cfg_s)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g0[k]), rtol=1e-10, atol=1e-12, err_msg=k)
+    few = dataclasses.replace(cfg, species_slots=n_sp - 1)
+    with pytest.raises(ValueError, match="species_slots"):
+        xj.simulate(c, inst, tt, refl, few)
+    y = jax.jit(lambda cr: xj.simulate(cr, inst, tt, refl, few))(c)
+    assert np.isnan(np.asarray(y)).any()
+    with pytest.raises(ValueError, match="species_slots"):
+        xj.SimConfig(species_slots=0)
