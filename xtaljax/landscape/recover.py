@@ -19,8 +19,10 @@ simulated in that primitive cell (:func:`reduce_cell` after the expansion):
 All three are written as one map ``(template, q, u) → Crystal`` — the P1 cases use a trivial
 template (one orbit per site, basis I) — so every (parametrisation, metric, distortion) of one
 structure is one *lane* of a ``vmap``-ed, jitted ``lax.scan`` of Adam steps (two groups: the P1
-lanes with the full reflection list, the Wyckoff lanes with the merged one; a lane's metric is a
-one-hot weight, so the metrics share the compiled body); one compilation per structure shape. Lattice variables are preconditioned: the optimiser sees lengths relative to
+lanes with the full reflection list, the Wyckoff lanes with the merged one; on a CPU the lanes
+run in chunks of one metric each, the chunk's metric picked by ``lax.switch``; unchunked, a
+lane's metric is a one-hot weight), so the metrics share the compiled body; one compilation per
+structure shape. Lattice variables are preconditioned: the optimiser sees lengths relative to
 their starting value and angles in radians (``p = q · s``), coordinates are fractional, so one
 learning rate fits all.
 
@@ -550,8 +552,10 @@ def recover(target: Target, n_distortions: int = 8, spec: DistortionSpec | None 
 
     ``metric_options``: keyword options for :func:`.metrics.get_metric` (``broaden_fwhm``,
     ``gamma``, ``dtw_points``), the same for all metrics. ``lane_chunk``: lanes per ``vmap``
-    (``"auto"``: :data:`LANE_CHUNK_CPU` on a CPU, all of a metric's lanes at once on an
-    accelerator; ``None``: no split). ``executor``: a ``concurrent.futures`` executor (a process
+    (``"auto"``: :data:`LANE_CHUNK_CPU` on a CPU, all lanes of a reflection list at once on an
+    accelerator; ``None``: no split). Chunks hold one metric each; each (parametrisation,
+    metric) segment of distortions is padded to whole chunks (:func:`chunk_layout`; the count is
+    ``timings["padding_lanes"]``). ``executor``: a ``concurrent.futures`` executor (a process
     pool) to hand the StructureMatcher work to, so that it overlaps the next structure's
     compilation and optimisation; the result is then completed by :meth:`RecoveryResult.wait`
     (``matched``, ``rms``, ``start_matched`` are ``None`` until then). Raises ``ValueError`` for ``steps < 1``,
