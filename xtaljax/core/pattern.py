@@ -60,7 +60,7 @@ class SimConfig:
       autodiff: which hand-written derivatives the kernel carries. ``"reverse"`` (default):
         custom VJPs for the structure factors (pymatgen model) and the fused window profile
         kernel — ``grad``/``vjp``/``value_and_grad`` are fastest (3.05x the forward on 1,213
-        MP-20 structures), but JAX refuses ``jvp``/``jacfwd``/``hessian``. ``"forward"``:
+        MP-20 structures, measured before the session-8 (atoms, reflections) layout), but JAX refuses ``jvp``/``jacfwd``/``hessian``. ``"forward"``:
         custom JVPs/plain autodiff — every transform works, reverse mode is slower (4.4x).
         Refinement (Jacobians by ``jacfwd``) uses ``"forward"``.
       species_slots: ``None`` (default) or the most distinct scatterers (species values, padding
