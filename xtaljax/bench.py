@@ -60,6 +60,50 @@ def benchmarks_dir() -> Path:
     return d
 
 
+class CpuMeter:
+    """How busy the whole machine was while a benchmark ran: a wall time on a shared 2-core VM
+    means little without it (the same landscape study took 509 s with another job running and
+    266 s on an idle machine). ``stop()`` returns, in CPU seconds since construction,
+    ``own_cpu_s`` (this process and its waited-for children), ``machine_busy_cpu_s`` (all
+    cores, from ``/proc/stat``), ``other_cpu_s`` (their difference: other processes),
+    ``steal_s`` (time the hypervisor gave to other guests) and ``wall_s``; on a system without
+    ``/proc/stat`` only the first and the last."""
+
+    def __init__(self):
+        self._t0, self._own0, self._proc0 = time.perf_counter(), self._own(), self._proc()
+
+    @staticmethod
+    def _own() -> float:
+        import os
+
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    @staticmethod
+    def _proc():
+        import os
+
+        try:
+            with open("/proc/stat") as fh:
+                f = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+        busy = sum(f[i] for i in (0, 1, 2, 5, 6) if i < len(f))
+        steal = f[7] if len(f) > 7 else 0
+        return busy / tick, steal / tick
+
+    def stop(self) -> dict:
+        out = {"wall_s": time.perf_counter() - self._t0, "own_cpu_s": self._own() - self._own0}
+        p1 = self._proc()
+        if self._proc0 is not None and p1 is not None:
+            out["machine_busy_cpu_s"] = p1[0] - self._proc0[0]
+            out["other_cpu_s"] = max(0.0, out["machine_busy_cpu_s"] - out["own_cpu_s"])
+            out["steal_s"] = p1[1] - self._proc0[1]
+        return {k: round(v, 2) for k, v in out.items()}
+
+
 def _get(d: dict, path):
     """``d[k1][k2]...`` for ``path`` "k1.k2..." (or a list of keys, for keys that hold dots)."""
     for k in (path.split(".") if isinstance(path, str) else path):

@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -697,15 +696,14 @@ def match_all(crystals: Crystal, target: Target, matcher: dict | None = None) ->
 
 
 def _match_host(host: Crystal, truth: Crystal, matcher: dict | None = None) -> dict:
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from ..io.matching import ReferenceMatcher
 
     kw = {**MATCHER_DEFAULTS, **(matcher or {})}
-    sm = StructureMatcher(**kw)
     b = host.lattice.shape[0]
     matched = np.zeros(b, bool)
     rms = np.full(b, np.nan)
     structs = []
-    ref = _structure(truth)
+    ref = ReferenceMatcher(_structure(truth), **kw)  # the truth reduced once (see xtaljax.io.matching)
     for i in range(b):
         ci = jax.tree_util.tree_map(lambda x: x[i], host)
         ok_cell = np.all(np.isfinite(ci.lattice)) and np.linalg.det(ci.lattice.astype(np.float64)) > 1e-6 \
@@ -715,13 +713,10 @@ def _match_host(host: Crystal, truth: Crystal, matcher: dict | None = None) -> d
             continue
         s = _structure(ci)
         structs.append(s)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ok = bool(sm.fit(s, ref))
-            r = sm.get_rms_dist(s, ref) if ok else None
+        ok, r = ref.match(s)
         matched[i] = ok
         if r is not None:
-            rms[i] = float(r[0])
+            rms[i] = r
     return {"matched": matched, "rms": rms, "structures": structs}
 
 
