@@ -104,6 +104,21 @@ def test_cell_scan_finds_a_cell_off_by_1p5_percent(x64):
         build_problem(tt, phases, inst, search=0.5)
 
 
+def test_start_state_types_match_the_compiled_steps(x64):
+    """The compiled steps take the state they return: a weak-typed start compiles them twice."""
+    import jax
+
+    from xtaljax.em.wpem import em_step
+
+    tt = np.arange(20.0, 60.0, 0.05)
+    prob, st = build_problem(tt, [("rutile", _rutile())], xj.Instrument.cu_kalpha(), n_background=4)
+    x = jnp.asarray(tt)
+    y = jnp.full(tt.shape, 100.0)
+    out = jax.jit(lambda s: em_step(prob, s, y, x, jnp.asarray(np.gradient(tt)), _cheb_basis(x, 4)))(st)
+    for name, a, b in zip(st._fields, st, out):
+        assert (a.dtype, a.shape, a.weak_type) == (b.dtype, b.shape, b.weak_type), name
+
+
 def test_bad_input(x64):
     tt = np.arange(20.0, 60.0, 0.02)
     inst = xj.Instrument.cu_kalpha()
