@@ -119,6 +119,32 @@ def test_start_state_types_match_the_compiled_steps(x64):
         assert (a.dtype, a.shape, a.weak_type) == (b.dtype, b.shape, b.weak_type), name
 
 
+def test_coincident_reflections_share_one_component():
+    """Reflections with equal d for every cell of the family are one component; others are not."""
+    from xtaljax.em.wpem import coincident_groups
+
+    lat_m = np.zeros((6, 6))
+    lat_m[:3, 0] = 1.0  # a = b = c
+    lat_k = np.array([0, 0, 0, 90.0, 90, 90])
+    free = np.array([1.0, 0, 0, 0, 0, 0])
+    hkl = np.array([[5, 1, 1], [3, 3, 3], [1, 5, 1], [4, 2, 2], [1, 1, 1]])
+    g, first = coincident_groups(hkl, lat_m, lat_k, free, np.array([5.43, 0, 0, 0, 0, 0]))
+    assert g.tolist() == [0, 0, 0, 1, 2] and first.tolist() == [0, 3, 4]
+    # tetragonal (a = b, c): (hk0) ~ (kh0), but (h00) and (00h) differ
+    lat_m = np.zeros((6, 6))
+    lat_m[:2, 0] = 1.0
+    lat_m[2, 2] = 1.0
+    free = np.array([1.0, 0, 1, 0, 0, 0])
+    g, _ = coincident_groups(np.array([[2, 1, 0], [1, 2, 0], [2, 0, 0], [0, 0, 2]]), lat_m, lat_k, free,
+                             np.array([4.59, 0, 2.96, 0, 0, 0]))
+    assert g.tolist() == [0, 0, 1, 2]
+    # monoclinic (β free): (h0l) and (-h0l) differ
+    lat_m, free = np.eye(6), np.array([1.0, 1, 1, 0, 1, 0])
+    g, _ = coincident_groups(np.array([[1, 0, 1], [-1, 0, 1]]), lat_m, np.array([0, 0, 0, 90.0, 0, 90]), free,
+                             np.array([5.0, 6.0, 7.0, 90, 104.0, 90]))
+    assert g.tolist() == [0, 1]
+
+
 def test_bad_input(x64):
     tt = np.arange(20.0, 60.0, 0.02)
     inst = xj.Instrument.cu_kalpha()

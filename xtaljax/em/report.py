@@ -36,7 +36,7 @@ def decomposition_dict(d, instrument, source: str = "") -> dict:
 
 def write_decomposition(d, instrument, out_dir, source: str = "") -> list[Path]:
     from ..plotting import plot_fit
-    from .wpem import positions
+    from .wpem import _positions_jit
 
     out = Path(out_dir)
     rows = d.reflections()
@@ -45,7 +45,7 @@ def write_decomposition(d, instrument, out_dir, source: str = "") -> list[Path]:
     w.writeheader()
     w.writerows(rows)
     _atomic(out / "reflections.csv", lambda p: Path(p).write_text(buf.getvalue()))
-    c = np.asarray(positions(d.problem, d.state.lattice, d.state.zero))[0]
+    c = np.asarray(_positions_jit(d.problem, d.state.lattice, d.state.zero))[0]
     ticks = {ph.name: np.sort(c[d.problem.comp_phase == i]) for i, ph in enumerate(d.problem.phases)}
     res = decomposition_dict(d, instrument, source)
     title = f"WPEM: Rwp {res['rwp_wpem']:.2f} % (PyWPEM weights), Rp {res['rp']:.2f} %"

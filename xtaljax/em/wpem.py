@@ -30,6 +30,7 @@ Convergence: relative change of the Poisson log-likelihood below ``tol`` or ``ma
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from typing import NamedTuple, Sequence
@@ -114,10 +115,54 @@ class EMProblem:
     window: int = 0  # points per reflection window (the E-step works on windows); 0 = whole grid
     asymmetry: bool = False  # FCJ axial-divergence sub-components (S/L = H/L refined)
     n_fcj: int = 6
+    #: the reflections behind the components: a component is a group of reflections of one phase
+    #: whose d-spacings are equal for every cell of the phase's crystal family (cubic (511) and
+    #: (333), tetragonal (hk0) and (kh0) outside 4/mmm...), which no decomposition can split;
+    #: ``hkl``/``multiplicity`` above are the group's first reflection and the group's summed
+    #: multiplicity. ``None``: one reflection per component.
+    member_hkl: np.ndarray | None = None  # (R, 3)
+    member_mult: np.ndarray | None = None  # (R,)
+    member_comp: np.ndarray | None = None  # (R,) component of each reflection
+
+    def members(self):
+        """``(hkl (R, 3), multiplicity (R,), component (R,))`` of every reflection."""
+        if self.member_hkl is None:
+            return self.hkl, self.multiplicity, np.arange(self.n_reflections)
+        return self.member_hkl, self.member_mult, self.member_comp
 
     @property
     def n_reflections(self) -> int:
         return int(self.hkl.shape[0])
+
+
+def coincident_groups(hkl, lat_m, lat_k, lat_free, params, n_cells: int = 3, rtol: float = 1e-9):
+    """Group reflections whose d-spacings are equal for every cell of the crystal family
+    (``six = lat_m @ (p * lat_free) + lat_k``): their |g|² agree on ``n_cells`` random cells of the
+    family around ``params`` (±10 % on each free parameter; accidental equality on all of them
+    has probability zero). Returns ``(group (n,), first (G,))``: the group of every row, numbered
+    in order of first appearance, and each group's first row."""
+    hkl = np.asarray(hkl, np.float64)
+    if hkl.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lat_m, lat_k, free = (np.asarray(a, np.float64) for a in (lat_m, lat_k, lat_free))
+    p0 = np.asarray(params, np.float64)
+    rng = np.random.default_rng(0)
+    q = []
+    for _ in range(n_cells):
+        a, b, c, al, be, ga = lat_m @ (p0 * (1.0 + 0.1 * rng.uniform(-1, 1, p0.shape)) * free) + lat_k
+        ca, cb, cg = np.cos(np.radians([al, be, ga]))
+        metric = np.array([[a * a, a * b * cg, a * c * cb], [a * b * cg, b * b, b * c * ca], [a * c * cb, b * c * ca, c * c]])
+        q.append(np.einsum("ni,ij,nj->n", hkl, np.linalg.inv(metric), hkl))  # |g|² = hᵀ G⁻¹ h
+    q = np.stack(q, 1)  # (n, n_cells)
+    group = np.full(hkl.shape[0], -1, np.int64)
+    first = []
+    for r in range(hkl.shape[0]):
+        if group[r] >= 0:
+            continue
+        same = (group < 0) & np.all(np.abs(q - q[r]) <= rtol * q[r], axis=1)
+        group[same] = len(first)
+        first.append(r)
+    return group, np.asarray(first, np.int64)
 
 
 def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
@@ -162,6 +207,7 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
                                       if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, instrument)
         cfg = resolve_config(SimConfig(asymmetry="none"), inst, tt)
         out, hkls, comp_phase, mult, lat_m, lat_k, lat_free, lat0 = [], [], [], [], [], [], [], []
+        m_hkl, m_mult, m_comp, n_comp = [], [], [], 0
         lam = np.asarray(inst.wavelengths, np.float64)
         for i, (name, struct) in enumerate(phases):
             try:
@@ -184,20 +230,28 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
             if not inside.any():
                 raise DecompositionError(f"phase {name}: no reflection falls in the 2θ range {tt[0]:g}–{tt[-1]:g}° "
                                          f"at λ = {lam[0]:g} Å (wrong units or wavelength?)")
-            hkls.append(hkl[inside])
-            mult.append(2 * w[inside])
-            comp_phase.append(np.full(int(inside.sum()), i))
+            h_in, m_in = hkl[inside], 2 * w[inside]
+            grp, first = coincident_groups(h_in, template.lat_m, template.lat_k, template.lat_free, params.lattice)
+            m_hkl.append(h_in)
+            m_mult.append(m_in)
+            m_comp.append(n_comp + grp)
+            n_comp += first.size
+            hkls.append(h_in[first])
+            mult.append(np.bincount(grp, weights=m_in).astype(m_in.dtype))
+            comp_phase.append(np.full(first.size, i))
             lat_m.append(np.asarray(template.lat_m))
             lat_k.append(np.asarray(template.lat_k))
             lat_free.append(np.asarray(template.lat_free))
             lat0.append(np.asarray(params.lattice))
-            out.append(PhaseInfo(name, template, params, info, hkl[inside], 2 * w[inside]))
+            out.append(PhaseInfo(name, template, params, info, h_in, m_in))
         prob = EMProblem(two_theta=tt, phases=out, wavelengths=lam, line_weights=np.asarray(inst.line_weights, np.float64),
                          comp_phase=np.concatenate(comp_phase), hkl=np.concatenate(hkls).astype(np.float64),
                          multiplicity=np.concatenate(mult), lat_m=np.stack(lat_m), lat_k=np.stack(lat_k),
-                         lat_free=np.stack(lat_free), n_background=n_background, widths=widths, refine_zero=refine_zero)
+                         lat_free=np.stack(lat_free), n_background=n_background, widths=widths, refine_zero=refine_zero,
+                         member_hkl=np.concatenate(m_hkl).astype(np.float64), member_mult=np.concatenate(m_mult),
+                         member_comp=np.concatenate(m_comp))
         K = prob.n_reflections
-        lines = np.asarray(positions(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero))))  # (L, K)
+        lines = np.asarray(_positions_jit(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero))))  # (L, K)
         pos = lines[0]
         th = np.radians(pos / 2)
         s2 = float(inst.u) * np.tan(th) ** 2 + float(inst.v) * np.tan(th) + float(inst.w)
@@ -241,8 +295,17 @@ def positions(prob: EMProblem, lattice, zero):
     return 2.0 * RAD * jnp.arcsin(s) + zero
 
 
+def _positions_jit(prob: EMProblem, lattice, zero):
+    """:func:`positions` as one compiled call (host-side callers: run op by op it compiled
+    ~40 one-op programs, ~20 ms each)."""
+    f = _compiled(prob, "positions", lambda: jax.jit(lambda lat, z: positions(prob, lat, z)))
+    with jax.enable_x64(True):
+        return f(jnp.asarray(lattice, jnp.float64), jnp.asarray(zero, jnp.float64))
+
+
+@functools.partial(jax.jit, static_argnums=1)
 def _cheb_basis(tt, n):
-    return jnp.stack([chebyshev_background(tt, jnp.eye(n)[k]) for k in range(n)], 1)
+    return jnp.stack([chebyshev_background(tt, jnp.eye(n, dtype=tt.dtype)[k]) for k in range(n)], 1)
 
 
 def _start_asym(inst) -> float:
@@ -539,15 +602,19 @@ class Decomposition:
 
     def reflections(self) -> list[dict]:
         prob, st = self.problem, self.state
-        c = np.asarray(positions(prob, st.lattice, st.zero))[0]
+        c = np.asarray(_positions_jit(prob, st.lattice, st.zero))[0]
         sig, gam, eta = np.asarray(st.sigma), np.asarray(st.gamma), np.asarray(st.eta)
         fwhm_g, fwhm_l = 2 * np.sqrt(2 * np.log(2)) * sig, 2 * gam
+        m_hkl, _, m_comp = prob.members()
         out = []
         for k in range(prob.n_reflections):
+            same = np.rint(m_hkl[m_comp == k]).astype(int)
             out.append({"phase": prob.phases[prob.comp_phase[k]].name, "h": int(prob.hkl[k, 0]), "k": int(prob.hkl[k, 1]),
                         "l": int(prob.hkl[k, 2]), "two_theta": float(c[k]), "multiplicity": int(prob.multiplicity[k]),
                         "intensity": float(st.intensity[k]), "fwhm_gauss": float(fwhm_g[k]),
-                        "fwhm_lorentz": float(fwhm_l[k]), "eta": float(eta[k])})
+                        "fwhm_lorentz": float(fwhm_l[k]), "eta": float(eta[k]),
+                        # every reflection of the component (equal d in the crystal family: one peak)
+                        "reflections": ";".join(" ".join(map(str, h)) for h in same)})
         return out
 
     def weight_fractions(self, instrument) -> dict:
@@ -576,18 +643,19 @@ def calculated_intensities(prob: EMProblem, instrument, lattice):
     calc = np.zeros(prob.n_reflections)
     lp = np.zeros(prob.n_reflections)
     zmv = []
+    m_hkl, m_mult, m_comp = prob.members()
     with jax.enable_x64(True):
         for i, ph in enumerate(prob.phases):
-            sel = prob.comp_phase == i
+            sel = prob.comp_phase[m_comp] == i  # the phase's reflections; a component sums its own
             params = dataclasses.replace(ph.params, lattice=jnp.asarray(lattice[i]))
             crystal = _expand_jit(ph.template, params)
-            refl = Reflections(hkl=jnp.asarray(prob.hkl[sel]), mask=jnp.asarray(prob.multiplicity[sel] / 2.0),
+            refl = Reflections(hkl=jnp.asarray(m_hkl[sel]), mask=jnp.asarray(m_mult[sel] / 2.0),
                                lattice0=jnp.asarray(crystal.lattice), g_max=jnp.asarray(1e3))
             ins = jax.tree_util.tree_map(lambda a: jnp.asarray(a), instrument).replace(scale=jnp.asarray(1.0))
             t = _peak_table_pmg(crystal, ins, refl)
             n = int(sel.sum())
-            calc[sel] = np.asarray(t["intensity"])[:n]
-            lp[sel] = np.asarray(t["lp"]).reshape(-1)[:n]
+            np.add.at(calc, m_comp[sel], np.asarray(t["intensity"])[:n])
+            lp[m_comp[sel]] = np.asarray(t["lp"]).reshape(-1)[:n]  # equal within a component (same 2θ)
             _, masses = _site_labels(ph.info)
             o = np.asarray(ph.template.site_orbit)
             mk = np.asarray(ph.template.site_mask) > 0
