@@ -450,25 +450,46 @@ def squarem_step(prob: EMProblem, st: EMState, y, x, dx, basis) -> EMState:
     extrapolated θ0 − 2αr + α²v of the profile variables (intensities, η, widths, asymmetry in
     log/logit coordinates; background), with θ2's lattice and zero, is passed through one more
     EM step; if that is worse than θ2 (or not finite),
-    θ2's successor F(θ2) is kept instead, so the log-likelihood never decreases. Pure JAX."""
-    s1 = em_step(prob, st, y, x, dx, basis)
-    s2 = em_step(prob, s1, y, x, dx, basis)
-    t0, t1, t2 = _to_vector(st), _to_vector(s1), _to_vector(s2)
-    r = jax.tree_util.tree_map(lambda a, b: b - a, t0, t1)
-    v = jax.tree_util.tree_map(lambda a, b, c: c - 2 * b + a, t0, t1, t2)
+    θ2's successor F(θ2) is kept instead, so the log-likelihood never decreases. Pure JAX.
+
+    The three or four evaluations run as the body of one ``lax.while_loop`` (the input of pass k
+    chosen by ``k``), so the program holds one copy of the EM step: written out, its four copies
+    (and the fallback's) took 3.6 s to compile against 1.3 s, for 5.2 against 7 ms an
+    evaluation (Mn2O3, 50 components × 6,501 points, 2 CPU cores)."""
     sq = lambda tree: sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(tree))  # noqa: E731
-    alpha = jnp.minimum(-jnp.sqrt(sq(r)) / jnp.maximum(jnp.sqrt(sq(v)), 1e-300), -1.0)
-    alpha = jnp.maximum(alpha, -50.0)
-    ext = jax.tree_util.tree_map(lambda a, b, c: a - 2 * alpha * b + alpha**2 * c, t0, r, v)
-    s_ext = _from_vector(s2, ext)
-    if not prob.asymmetry:  # nothing to extrapolate (S/L is 0 and unused)
-        s_ext = s_ext._replace(asym=s2.asym)
-    ok_ext = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(ext)]))
-    cand = em_step(prob, jax.tree_util.tree_map(lambda e, b: jnp.where(ok_ext, e, b), s_ext, s2), y, x, dx, basis)
-    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(
-        (cand.lattice, cand.zero, cand.intensity, cand.sigma, cand.gamma, cand.eta, cand.background, cand.asym))]))
-    good = ok_ext & finite & jnp.isfinite(cand.loglik) & (cand.loglik >= s2.loglik)
-    out = lax.cond(good, lambda: cand, lambda: em_step(prob, s2, y, x, dx, basis))
+    finite = lambda tree: jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf))  # noqa: E731
+                                               for leaf in jax.tree_util.tree_leaves(tree)]))
+    pick = lambda c, a, b: jax.tree_util.tree_map(lambda u, v: jnp.where(c, u, v), a, b)  # noqa: E731
+
+    def extrapolated(s1, s2):
+        t0, t1, t2 = _to_vector(st), _to_vector(s1), _to_vector(s2)
+        r = jax.tree_util.tree_map(lambda a, b: b - a, t0, t1)
+        v = jax.tree_util.tree_map(lambda a, b, c: c - 2 * b + a, t0, t1, t2)
+        alpha = jnp.minimum(-jnp.sqrt(sq(r)) / jnp.maximum(jnp.sqrt(sq(v)), 1e-300), -1.0)
+        alpha = jnp.maximum(alpha, -50.0)
+        ext = jax.tree_util.tree_map(lambda a, b, c: a - 2 * alpha * b + alpha**2 * c, t0, r, v)
+        s_ext = _from_vector(s2, ext)
+        if not prob.asymmetry:  # nothing to extrapolate (S/L is 0 and unused)
+            s_ext = s_ext._replace(asym=s2.asym)
+        ok_ext = finite(ext)
+        return pick(ok_ext, s_ext, s2), ok_ext
+
+    # pass 0: θ1 = F(θ0); 1: θ2 = F(θ1); 2: F(extrapolated), kept if good; 3: F(θ2) otherwise
+    def body(carry):
+        k, s1, s2, out, _, good = carry
+        ext_in, ok_ext = extrapolated(s1, s2)
+        inp = pick(k == 0, st, pick(k == 1, s1, pick(k == 2, ext_in, s2)))
+        res = em_step(prob, inp, y, x, dx, basis)
+        s1 = pick(k == 0, res, s1)
+        s2 = pick(k == 1, res, s2)
+        good_k = ok_ext & finite((res.lattice, res.zero, res.intensity, res.sigma, res.gamma, res.eta,
+                                  res.background, res.asym)) & jnp.isfinite(res.loglik) & (res.loglik >= s2.loglik)
+        good = jnp.where(k == 2, good_k, good)
+        done = (k == 3) | ((k == 2) & good_k)
+        return k + 1, s1, s2, pick(k >= 2, res, out), done, good
+
+    init = (jnp.asarray(0, jnp.int32), st, st, st, jnp.asarray(False), jnp.asarray(False))
+    _, _, _, out, _, good = lax.while_loop(lambda c: ~c[4], body, init)
     rel = jnp.abs(out.loglik - st.loglik) / jnp.maximum(jnp.abs(out.loglik), 1e-300)
     return out._replace(rel_change=jnp.where(jnp.isfinite(st.loglik), rel, jnp.inf),
                         iteration=st.iteration + jnp.where(good, 3, 4).astype(st.iteration.dtype))
