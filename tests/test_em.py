@@ -119,6 +119,21 @@ def test_start_state_types_match_the_compiled_steps(x64):
         assert (a.dtype, a.shape, a.weak_type) == (b.dtype, b.shape, b.weak_type), name
 
 
+def test_equal_problems_share_compiled_programs(x64):
+    """A problem built again from the same phases and grid reuses the compiled EM programs."""
+    from xtaljax.em import wpem
+
+    tt = np.arange(20.0, 60.0, 0.05)
+    inst = xj.Instrument.cu_kalpha()
+    y = np.full(tt.shape, 100.0)
+    decompose(tt, y, [("rutile", _rutile())], inst, n_background=4, progress=False, max_iter=8)
+    n = len(wpem._STEP_CACHE)
+    decompose(tt, y, [("rutile", _rutile())], inst, n_background=4, progress=False, max_iter=8)
+    assert len(wpem._STEP_CACHE) == n
+    decompose(tt, y, [("rutile", _rutile())], inst, n_background=5, progress=False, max_iter=8)
+    assert len(wpem._STEP_CACHE) > n  # another background order: other programs
+
+
 def test_coincident_reflections_share_one_component():
     """Reflections with equal d for every cell of the family are one component; others are not."""
     from xtaljax.em.wpem import coincident_groups

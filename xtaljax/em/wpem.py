@@ -811,11 +811,14 @@ def _initial_intensities(prob, st, y, x, dx, basis):
     """Background from a clipped Chebyshev fit (lower envelope), the isotropic-strain scan of
     every phase's cell (:func:`_scan_lattice`), intensities from the net counts under each peak."""
     n = prob.n_background
-    yb = y
-    for _ in range(20):
-        coef = jnp.linalg.lstsq(basis, yb)[0]
-        fit = basis @ coef
-        yb = jnp.minimum(y, fit)
+    pinv = jnp.linalg.pinv(basis)  # the 20 clipped least-squares fits share one factorisation
+
+    def clip_fit(_, yb):
+        return jnp.minimum(y, basis @ (pinv @ yb))
+
+    yb = lax.fori_loop(0, 19, clip_fit, y)
+    coef = pinv @ yb
+    fit = basis @ coef
     net = jnp.maximum(y - fit, 0.0)
     st = _scan_lattice(prob, st, net, x)
     c = positions(prob, st.lattice, st.zero)[0]
@@ -829,15 +832,34 @@ def _initial_intensities(prob, st, y, x, dx, basis):
 _STEP_CACHE: dict = {}
 
 
+def _problem_key(prob: EMProblem) -> str:
+    """Digest of everything a compiled EM program reads from ``prob`` (its arrays become
+    constants of the program): equal problems — the same phases, grid and settings built again,
+    e.g. one ``decompose`` call per file — share their compiled programs."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in dataclasses.fields(prob):
+        v = getattr(prob, f.name)
+        if f.name == "phases":
+            h.update(repr([p.name for p in v]).encode())
+        elif isinstance(v, np.ndarray):
+            h.update(f"{f.name}{v.dtype}{v.shape}".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+        else:
+            h.update(f"{f.name}={v!r}".encode())
+    return h.hexdigest()
+
+
 def _compiled(prob: EMProblem, name: str, make):
-    key = (id(prob), name)
+    key = (_problem_key(prob), name)
     if key not in _STEP_CACHE:
         _STEP_CACHE[key] = make()
     return _STEP_CACHE[key]
 
 
 def _compiled_step(prob: EMProblem):
-    key = (id(prob), "step")
+    key = (_problem_key(prob), "step")
     if key not in _STEP_CACHE:
         _STEP_CACHE[key] = jax.jit(lambda st, y, x, dx, basis: em_step(prob, st, y, x, dx, basis))
     return _STEP_CACHE[key]
@@ -866,8 +888,10 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         raise DecompositionError(f"pattern(s) {bad.tolist()} contain NaN or negative values")
     prob, st0 = problem or build_problem(x, phases, instrument, n_background=n_background, widths=widths,
                                          refine_zero=refine_zero, search=search, asymmetry=asymmetry)
+    if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
+        raise DecompositionError("the given problem was built on another 2θ grid")
     with jax.enable_x64(True):
-        key = (id(prob), "batch", n_iter)
+        key = (_problem_key(prob), "batch", n_iter)
         if key not in _STEP_CACHE:
             xj = jnp.asarray(x)
             dx = jnp.asarray(np.gradient(x))
