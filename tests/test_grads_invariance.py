@@ -265,7 +265,7 @@ def test_core_imports_without_pymatgen_spglib_flax():
 @pytest.mark.parametrize("autodiff", ["reverse", "forward"])
 def test_species_slots_same_pattern_and_gradient(autodiff):
     """Form factors per distinct scatterer (SimConfig.species_slots) give the same pattern and
-    gradients as per atom; too few slots: one-line error on the host, NaN peaks under a trace."""
+    gradients (to float32 rounding) as per atom; too few slots: one-line error on the host, NaN peaks under a trace."""
     c, inst, tt, _, refl = _setup()
     cfg = xj.resolve_config(xj.SimConfig(autodiff=autodiff), inst, TT_GRAD)
     n_sp = np.unique(np.asarray(c.species)).size  # padding rows included
@@ -283,7 +283,12 @@ def test_species_slots_same_pattern_and_gradient(autodiff):
     g0 = jax.jit(jax.grad(loss), static_argnums=1)(params, cfg)
     g1 = jax.jit(jax.grad(loss), static_argnums=1)(params, cfg_s)
     for k in params:
-        np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g0[k]), rtol=1e-10, atol=1e-12, err_msg=k)
+        # the backward pass sums the per-atom form-factor cotangents per scatterer in another
+        # order (float32): equal to rounding, not bitwise (a CI run saw 4e-7 relative; one
+        # earlier run was bitwise equal)
+        ref = np.asarray(g0[k])
+        np.testing.assert_allclose(np.asarray(g1[k]), ref, rtol=5e-6, atol=1e-6 * float(np.max(np.abs(ref))),
+                                   err_msg=k)
     few = dataclasses.replace(cfg, species_slots=n_sp - 1)
     with pytest.raises(ValueError, match="species_slots"):
         xj.simulate(c, inst, tt, refl, few)

@@ -49,6 +49,10 @@ def test_reference_matcher_equals_structure_matcher(kw):
             assert rms == pytest.approx(want[0], rel=1e-12, abs=1e-15)
         else:
             assert rms is None
+        alone, want = rm.rms_dist(s), sm.get_rms_dist(s, ref)  # get_rms_dist without the fit
+        assert (alone is None) == (want is None)
+        if alone is not None:
+            assert alone == pytest.approx(want, rel=1e-12, abs=1e-15)
     assert 0 < sum(fits) < len(fits)  # the set holds both matches and misses
 
 
@@ -59,3 +63,14 @@ def test_reference_matcher_public_path_with_ignored_species():
     sm = StructureMatcher(ignored_species=["C"])
     for s in _candidates(ref, n=6, seed=1):
         assert rm.match(s, rms=False)[0] == sm.fit(s, ref)
+
+
+def test_reference_matcher_takes_a_matcher():
+    ref = _reference()
+    sm = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    rm = ReferenceMatcher(ref, matcher=sm)
+    assert rm.matcher is sm
+    s = _candidates(ref, n=1)[0]
+    assert rm.rms_dist(s) == pytest.approx(sm.get_rms_dist(s, ref), rel=1e-12, abs=1e-15)
+    with pytest.raises(ValueError, match="either"):
+        ReferenceMatcher(ref, matcher=sm, stol=0.3)

@@ -173,13 +173,18 @@ def _passes_gate(s, gate: str) -> bool:
 
 
 def _match_one(target, preds, gate: str, matcher) -> tuple[list, list, int]:
+    from ..io.matching import ReferenceMatcher
+
     rms, valid, errors = [], [], 0
+    ref = None  # the target reduced once for its k predictions (see xtaljax.io.matching)
     for p in preds:
         ok = _passes_gate(p, gate)
         r = None
         if ok:
             try:
-                out = matcher.get_rms_dist(p, target)
+                if ref is None:
+                    ref = ReferenceMatcher(target, matcher=matcher)
+                out = ref.rms_dist(p)
             except Exception:  # noqa: BLE001 - a matcher failure is "no match"
                 out, errors = None, errors + 1
             if out is not None and math.isfinite(float(out[0])):

@@ -17,16 +17,20 @@ import warnings
 
 
 class ReferenceMatcher:
-    """``StructureMatcher(**kwargs)`` against a fixed ``reference`` (pymatgen ``Structure``).
+    """``StructureMatcher(**kwargs)`` (or the given ``matcher``) against a fixed ``reference``
+    (pymatgen ``Structure``).
 
     ``match(s)`` returns ``(fit, rms)``: ``StructureMatcher.fit(s, reference)`` and, when it fits
     and ``rms`` is asked for, the normalised RMS displacement of ``get_rms_dist(s, reference)``
-    (``None`` otherwise). Warnings of the matcher are silenced."""
+    (``None`` otherwise). ``rms_dist(s)`` is ``get_rms_dist(s, reference)`` alone. Warnings of
+    the matcher are silenced."""
 
-    def __init__(self, reference, **kwargs):
+    def __init__(self, reference, matcher=None, **kwargs):
         from pymatgen.analysis.structure_matcher import StructureMatcher
 
-        self.matcher = StructureMatcher(**kwargs)
+        if matcher is not None and kwargs:
+            raise ValueError("give either a StructureMatcher or its keyword arguments, not both")
+        self.matcher = matcher if matcher is not None else StructureMatcher(**kwargs)
         # the shortcut relies on two private steps of StructureMatcher; without them (another
         # pymatgen), or with ignored species (removed before the reduction), use the public calls
         sm = self.matcher
@@ -56,8 +60,22 @@ class ReferenceMatcher:
             ok = bool(sm.fit(red, self._ref, skip_structure_reduction=True))
             if not ok or not rms:
                 return ok, None
-            # get_rms_dist on the reduced pair (it has no skip_structure_reduction of its own)
-            s1, s2 = sm._process_species([red, self._ref])
-            s1, s2, fu, s1_supercell = sm._preprocess(s1, s2, skip_structure_reduction=True)
-            m = sm._match(s1, s2, fu, s1_supercell, use_rms=True, break_on_match=False)
-            return ok, (None if m is None else float(m[0]))
+            r = self._rms_reduced(red)
+            return ok, (None if r is None else r[0])
+
+    def rms_dist(self, structure):
+        """``StructureMatcher.get_rms_dist(structure, reference)``: ``(rms, max_dist)`` or ``None``."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not self._fast:
+                r = self.matcher.get_rms_dist(structure, self.reference)
+                return None if r is None else (float(r[0]), float(r[1]))
+            return self._rms_reduced(self._reduce(structure))
+
+    def _rms_reduced(self, red):
+        # get_rms_dist on the reduced pair (it has no skip_structure_reduction of its own)
+        sm = self.matcher
+        s1, s2 = sm._process_species([red, self._ref])
+        s1, s2, fu, s1_supercell = sm._preprocess(s1, s2, skip_structure_reduction=True)
+        m = sm._match(s1, s2, fu, s1_supercell, use_rms=True, break_on_match=False)
+        return None if m is None else (float(m[0]), float(max(m[1])))
