@@ -100,7 +100,8 @@ def main(argv=None) -> int:
                    "n_devices": jax.device_count(), "cpu": platform.processor() or platform.machine()},
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
         "workload": {"phases": ["Si Fd-3m", "GaP F-43m"], "n_patterns": int(y.shape[0]), "n_points": int(tt.size),
-                     "n_reflections": int(prob.n_reflections), "em_iterations": cfg["iters"],
+                     "n_reflections": int(prob.members()[0].shape[0]), "n_components": int(prob.n_reflections),
+                     "em_iterations": cfg["iters"],
                      "drift": "Si a -0.3 % linearly, weight fraction 0.2 -> 0.8, Poisson noise"},
         "results": {"first_chunk_seconds_incl_compile": t_first, "chunk": chunk, "track": True, "batch_seconds_steady": t_batch,
                     "batch_patterns_per_s": y.shape[0] / t_batch,
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         "wall_seconds": time.perf_counter() - t_wall,
     }
     r = out["results"]
-    print(f"wpem_series ({args.size}): {y.shape[0]} patterns x {tt.size} points, {prob.n_reflections} reflections: "
+    print(f"wpem_series ({args.size}): {y.shape[0]} patterns x {tt.size} points, {prob.members()[0].shape[0]} reflections in {prob.n_reflections} components: "
           f"batch {t_batch:.2f} s ({r['batch_patterns_per_s']:.1f} patterns/s; first call {t_first:.1f} s), "
           f"loop {per_loop:.2f} s/pattern -> x{r['speedup_batch_vs_loop']:.1f}; |Δa| median {r['a_abs_error_median_A']:.1e} Å")
     if args.out:

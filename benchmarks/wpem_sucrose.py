@@ -56,7 +56,8 @@ def run_wpem(pat, inst, *, background: int = 8, window_fwhm: float = 30.0, searc
     d = decompose(pat.two_theta, pat.intensity, phases, inst, problem=setup, max_iter=max_iter, sigma=pat.sigma,
                   progress=progress)
     six, esd = d.lattice(0)
-    return {"n_reflections": int(setup[0].n_reflections), "window_points": int(setup[0].window),
+    return {"n_reflections": int(setup[0].members()[0].shape[0]), "n_components": int(setup[0].n_reflections),
+            "window_points": int(setup[0].window),
             "n_iterations": int(d.n_iterations), "converged": bool(float(d.state.rel_change) < 1e-9),
             "rel_change": float(d.state.rel_change), "asymmetry": asymmetry, "asym_sl_hl": float(d.state.asym),
             "rwp_gsas2": d.stats["rwp"], "rp": d.stats["rp"], "gof": d.stats["gof"],

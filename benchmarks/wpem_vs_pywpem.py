@@ -343,7 +343,8 @@ def run_xtaljax(args, work: Path) -> dict:
         "reported_definitions": res.get("definitions"),
         "reported_warm": {k: res_warm.get(k) for k in ("rwp_wpem", "rp", "n_iterations")},
         "a": ph["lattice"]["a"], "a_esd": ph["lattice_esd"]["a"], "a_warm": res_warm["phases"][0]["lattice"]["a"],
-        "zero": res.get("zero"), "n_reflections": ph.get("n_reflections"), "seconds_in_decompose": res.get("seconds"),
+        "zero": res.get("zero"), "n_reflections": ph.get("n_reflections"), "n_components": ph.get("n_components"),
+        "seconds_in_decompose": res.get("seconds"),
         "outdir": runs[0]["outdir"], "curve_source": curve_source, "fit_csv_check": fit_check, "_curves": curves,
     }
 

@@ -187,7 +187,10 @@ def test_cli_decompose_mn2o3_and_series(tmp_path):
     r = json.loads((out / "result.json").read_text())
     assert r["rwp_wpem"] < 3.7  # the data's own noise floor is ~3.05 % in this definition (see README)
     assert abs(r["phases"][0]["lattice"]["a"] - 9.4086) < 0.006
-    assert (out / "reflections.csv").read_text().count("\n") > 50 and (out / "fit.png").stat().st_size > 0
+    # 110 reflections in range; equal-d groups of the cubic cell ((033)/(411), ...) are 50 components
+    ph = r["phases"][0]
+    assert (ph["n_reflections"], ph["n_components"]) == (110, 50)
+    assert (out / "reflections.csv").read_text().count("\n") == 1 + 50 and (out / "fit.png").stat().st_size > 0
     bad = tmp_path / "bad.xy"
     bad.write_text("# 2theta y\n10 nan\n11 1\n")
     series = tmp_path / "series"

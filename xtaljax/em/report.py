@@ -21,7 +21,9 @@ def decomposition_dict(d, instrument, source: str = "") -> dict:
         phases.append({"name": ph.name, "space_group": f"{ph.info.symbol} (No. {ph.info.space_group})",
                        "lattice": dict(zip(keys, map(float, six))), "lattice_esd": dict(zip(keys, map(float, esd))),
                        "weight_fraction": fr["hill_howard"][i], "weight_fraction_lp_quick": fr["lp_quick"][i],
-                       "n_reflections": int(np.sum(d.problem.comp_phase == i))})
+                       # reflections, and the components they form (equal d in the family: one peak)
+                       "n_reflections": int(np.sum(d.problem.comp_phase[d.problem.members()[2]] == i)),
+                       "n_components": int(np.sum(d.problem.comp_phase == i))})
     st = d.stats
     return {"pattern": source, "rwp": st["rwp"], "rwp_wpem": st["rwp_wpem"], "rp": st["rp"],
             "rwp_pywpem_subset": st.get("rwp_pywpem_subset"), "rp_pywpem_subset": st.get("rp_pywpem_subset"),
