@@ -453,8 +453,8 @@ def squarem_step(prob: EMProblem, st: EMState, y, x, dx, basis) -> EMState:
     θ2's successor F(θ2) is kept instead, so the log-likelihood never decreases. Pure JAX.
 
     The three or four evaluations run as the body of one ``lax.while_loop`` (the input of pass k
-    chosen by ``k``), so the program holds one copy of the EM step: written out, its four copies
-    (and the fallback's) took 3.6 s to compile against 1.3 s, for 5.2 against 7 ms an
+    chosen by ``k``), so the program holds one copy of the EM step: written out (four copies
+    and the fallback's), it took 3.6 s to compile against 2.1 s, at 5.2 against 6–8 ms an
     evaluation (Mn2O3, 50 components × 6,501 points, 2 CPU cores)."""
     sq = lambda tree: sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(tree))  # noqa: E731
     finite = lambda tree: jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf))  # noqa: E731
