@@ -481,6 +481,12 @@ def main(argv=None) -> int:
 
     load = lambda: list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # noqa: E731
     result["device"]["loadavg"] = {"start": load()}
+    from xtaljax.bench import CpuMeter
+
+    # per half: CPU time of other processes (other_cpu_s) and hypervisor steal; the wall times
+    # of both programs are only comparable when those stay near 0
+    acct = result["device"]["cpu_accounting"] = {}
+    meter = CpuMeter()
     pw = None
     if args.skip_pywpem:
         result["results"]["pywpem"] = {"skipped": True}
@@ -492,6 +498,9 @@ def main(argv=None) -> int:
             print(f"wpem_vs_pywpem: PyWPEM failed: {msg}", file=sys.stderr)
             result["errors"]["pywpem"] = msg
     result["device"]["loadavg"]["after_pywpem"] = load()
+    if not args.skip_pywpem:
+        acct["pywpem"] = meter.stop()
+    meter = CpuMeter()
     xj = None
     try:
         xj = run_xtaljax(args, work)
@@ -502,6 +511,7 @@ def main(argv=None) -> int:
         result["errors"]["xtaljax"] = msg
 
     result["device"]["loadavg"]["after_xtaljax"] = load()
+    acct["xtaljax"] = meter.stop()
     cmp = compare(obs_x, obs_y, xj, pw) if (xj or pw) else {}
     for key, side in (("pywpem", pw), ("xtaljax", xj)):
         if side is not None:

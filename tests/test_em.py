@@ -172,6 +172,11 @@ def test_bad_input(x64):
         decompose(np.arange(5.0, 12.0, 0.02), np.full(350, 100.0), _mixture(), inst, progress=False)
     with pytest.raises(DecompositionError, match="window_fwhm"):
         build_problem(tt, _mixture(), inst, window_fwhm=-1.0)
+    from xtaljax.em import decompose_batch
+
+    problem = build_problem(tt, _mixture(), inst)
+    with pytest.raises(DecompositionError, match="another 2θ grid"):
+        decompose_batch(tt[:-5], np.full((2, tt.size - 5), 100.0), _mixture(), inst, problem=problem)
 
 
 @pytest.mark.skipif(not shared_path("patterns", "mn2o3_lab_xray", "intensity.csv").exists(), reason="shared data")

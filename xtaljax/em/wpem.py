@@ -154,15 +154,26 @@ def coincident_groups(hkl, lat_m, lat_k, lat_free, params, n_cells: int = 3, rto
         metric = np.array([[a * a, a * b * cg, a * c * cb], [a * b * cg, b * b, b * c * ca], [a * c * cb, b * c * ca, c * c]])
         q.append(np.einsum("ni,ij,nj->n", hkl, np.linalg.inv(metric), hkl))  # |g|² = hᵀ G⁻¹ h
     q = np.stack(q, 1)  # (n, n_cells)
-    group = np.full(hkl.shape[0], -1, np.int64)
-    first = []
-    for r in range(hkl.shape[0]):
-        if group[r] >= 0:
-            continue
-        same = (group < 0) & np.all(np.abs(q - q[r]) <= rtol * q[r], axis=1)
-        group[same] = len(first)
-        first.append(r)
-    return group, np.asarray(first, np.int64)
+    # candidates are the runs of near-equal |g|² on the first cell (sorted: O(n log n)); within
+    # a run (almost always one row) the rows that agree on every cell form a group
+    order = np.argsort(q[:, 0], kind="stable")
+    q0 = q[order, 0]
+    cuts = np.flatnonzero(np.diff(q0) > rtol * np.abs(q0[1:])) + 1
+    label = np.full(hkl.shape[0], -1, np.int64)  # provisional group ids
+    n_groups = 0
+    for run in np.split(order, cuts):
+        for r in np.sort(run):
+            if label[r] >= 0:
+                continue
+            rest = run[label[run] < 0]
+            label[rest[np.all(np.abs(q[rest] - q[r]) <= rtol * q[r], axis=1)]] = n_groups
+            n_groups += 1
+    # number the groups in order of first appearance
+    first_row = np.full(n_groups, hkl.shape[0], np.int64)
+    np.minimum.at(first_row, label, np.arange(hkl.shape[0]))
+    rank = np.empty(n_groups, np.int64)
+    rank[np.argsort(first_row, kind="stable")] = np.arange(n_groups)
+    return rank[label], np.sort(first_row)
 
 
 def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
