@@ -84,6 +84,35 @@ def test_three_phase_known_truth_with_tetragonal_phase(x64):
     prob, lat_true, i_true, y = _simulate_mixture(tt, phases, inst, w_true, [1.0002, 0.9998, 1.0003], seed=1)
     d = decompose(tt, y, phases, inst, n_background=4, widths="free", progress=False, max_iter=400, tol=1e-8)
     _check_known_truth(d, prob, lat_true, i_true, w_true, inst)
+    # every phase listed: nothing left in the residual
+    assert d.unexplained_peaks()["peaks"] == []
+
+
+def test_peaks_of_an_unlisted_phase_are_reported(x64):
+    """Si with 2 wt % rutile, decomposed with Si alone: the residual's peaks are rutile's
+    strongest lines ((110), (101), (211)), Kα2 partners folded in, and nothing is reported
+    once rutile is listed."""
+    from pymatgen.analysis.diffraction.xrd import XRDCalculator
+
+    from xtaljax.em.residual import summary_line
+
+    tt = np.arange(20.0, 80.0, 0.02)
+    inst = xj.Instrument.cu_kalpha()
+    phases = [_mixture()[0], ("TiO2", _rutile())]
+    _, _, _, y = _simulate_mixture(tt, phases, inst, [0.98, 0.02], [1.0, 1.0])
+    found = decompose(tt, y, phases[:1], inst, n_background=4, progress=False).unexplained_peaks()
+    got = np.array([p["two_theta"] for p in found["peaks"]])
+    sticks = XRDCalculator("CuKa1").get_pattern(_rutile(), two_theta_range=(20, 80))
+    strong = sticks.x[sticks.y > 40]  # (110) 27.44, (101) 36.08, (211) 54.32
+    assert len(strong) == 3
+    for t in strong:
+        assert np.min(np.abs(got - t)) < 0.06, (t, got)
+    # every reported peak is a rutile line (Kα1), none a partner or a Si misfit
+    for t in got:
+        assert np.min(np.abs(sticks.x - t)) < 0.06, t
+    assert 0.8 < found["noise_factor"] < 1.3  # Poisson counts
+    assert "not explained by the given phases" in summary_line(found)
+    assert decompose(tt, y, phases, inst, n_background=4, progress=False).unexplained_peaks()["peaks"] == []
 
 
 def test_cell_scan_finds_a_cell_off_by_1p5_percent(x64):
@@ -196,6 +225,10 @@ def test_cli_decompose_mn2o3_and_series(tmp_path):
     ph = r["phases"][0]
     assert (ph["n_reflections"], ph["n_components"]) == (110, 50)
     assert (out / "reflections.csv").read_text().count("\n") == 1 + 50 and (out / "fit.png").stat().st_size > 0
+    # the data hold an impurity (lines at 18.1, 28.8, 37.55, 49.9, 60.1°: α-MnO2-like): reported
+    found = r["unexplained_peaks"]
+    assert found["peaks"][0]["two_theta"] == pytest.approx(37.55, abs=0.1) and found["peaks"][0]["snr"] > 10
+    assert 5 < found["noise_factor"] < 15  # the pattern scatters ~3x more than counting statistics
     bad = tmp_path / "bad.xy"
     bad.write_text("# 2theta y\n10 nan\n11 1\n")
     series = tmp_path / "series"

@@ -338,10 +338,14 @@ def cmd_calibrate(args) -> int:
 
 def cmd_decompose(args) -> int:
     """WPEM decomposition of one pattern or a series (warm-started in the given order)."""
+    from xtaljax._cache import enable_compilation_cache
     from xtaljax.em import DecompositionError, decompose
     from xtaljax.em.report import decomposition_dict, write_decomposition, write_series
+    from xtaljax.em.residual import summary_line
     from xtaljax.io import read_pattern
 
+    if not args.no_cache:
+        enable_compilation_cache()
     phases = []
     for spec in args.phase:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -370,6 +374,9 @@ def cmd_decompose(args) -> int:
             results.append((str(f), r, None))
             lat = ", ".join(f"{p['name']} a={p['lattice']['a']:.5f}({p['lattice_esd']['a']:.1e})" for p in r["phases"])
             print(f"  Rwp {r['rwp_wpem']:.3f} % (PyWPEM weights), Rp {r['rp']:.3f} %, {r['n_iterations']} iterations, {lat}")
+            note = summary_line(r["unexplained_peaks"])
+            if note:
+                print(f"  warning: {note}", file=sys.stderr)
             for p in files:
                 print(f"  wrote {p}")
         except (DecompositionError, ValueError) as exc:
@@ -472,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scan each phase's cell isotropically within ±STRAIN (e.g. 0.02) before the EM "
                          "(a CIF cell from another temperature or composition)")
     ep.add_argument("--format")
+    ep.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
     ep.add_argument("--out", required=True)
     ep.set_defaults(func=cmd_decompose)
     cp = sub.add_parser("calibrate", help="fit instrument profile terms on a standard (LaB6) and write .instprm")

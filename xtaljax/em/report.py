@@ -33,7 +33,9 @@ def decomposition_dict(d, instrument, source: str = "") -> dict:
                             "weight_fraction_lp_quick": "PyWPEM-style: sum(I/LP) per phase, normalised"},
             "zero": float(d.state.zero), "phases": phases, "n_iterations": d.n_iterations,
             "loglik": float(d.state.loglik), "seconds": d.seconds, "widths": d.problem.widths,
-            "asymmetry_sl_hl": float(d.state.asym) if d.problem.asymmetry else None}
+            "asymmetry_sl_hl": float(d.state.asym) if d.problem.asymmetry else None,
+            # residual peaks no component explains (an unlisted phase?), strongest first
+            "unexplained_peaks": d.unexplained_peaks()}
 
 
 def write_decomposition(d, instrument, out_dir, source: str = "") -> list[Path]:

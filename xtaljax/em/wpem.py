@@ -68,7 +68,7 @@ class DecompositionError(ValueError):
 class EMState(NamedTuple):
     lattice: jax.Array  # (P, 6) free lattice parameters per phase
     zero: jax.Array  # () degrees
-    intensity: jax.Array  # (K,) integrated Kα1 intensity (counts × degrees)
+    intensity: jax.Array  # (K,) integrated Kα1 intensity: counts summed over the grid points (× step = counts·°)
     eta: jax.Array  # (K,)
     sigma: jax.Array  # (K,) Gaussian σ (degrees)
     gamma: jax.Array  # (K,) Cauchy half-width (degrees)
@@ -648,6 +648,26 @@ class Decomposition:
                         # every reflection of the component (equal d in the crystal family: one peak)
                         "reflections": ";".join(" ".join(map(str, h)) for h in same)})
         return out
+
+    def unexplained_peaks(self, min_snr: float = 5.0) -> dict:
+        """Significant peaks of the residual that no component explains (an unlisted phase, an
+        impurity): :func:`xtaljax.em.residual.unexplained_peaks` with the components' Kα1
+        positions, widths (η·2γ + (1 − η)·2.355σ) and intensities."""
+        from .residual import unexplained_peaks
+
+        prob, st = self.problem, self.state
+        c = np.asarray(_positions_jit(prob, st.lattice, st.zero))  # (L, K): every line's peak
+        n_lines = c.shape[0]
+        eta = np.asarray(st.eta)
+        fwhm = eta * 2 * np.asarray(st.gamma) + (1 - eta) * 2 * np.sqrt(2 * np.log(2)) * np.asarray(st.sigma)
+        line = ["Kα1", "Kα2"] + [f"line {i + 1}" for i in range(2, n_lines)] if n_lines > 1 else [""]
+        labels = [f"{prob.phases[p].name} ({' '.join(str(int(round(v))) for v in h)}){' ' + line[l] if line[l] else ''}"
+                  for l in range(n_lines) for p, h in zip(prob.comp_phase, prob.hkl)]
+        # integrated intensities in counts × degrees (the state's are summed over grid points)
+        area = np.outer(prob.line_weights, np.asarray(st.intensity)) * float(np.median(np.diff(prob.two_theta)))
+        return unexplained_peaks(prob.two_theta, self.y_obs, self.y_calc, c.ravel(), np.tile(fwhm, n_lines),
+                                 area.ravel(), prob.wavelengths, min_snr=min_snr, labels=labels,
+                                 peak_counts=self.y_calc - self.background)
 
     def weight_fractions(self, instrument) -> dict:
         """Phase fractions: ``hill_howard`` (scale of each phase from its extracted intensities
