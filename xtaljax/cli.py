@@ -369,8 +369,8 @@ def cmd_decompose(args) -> int:
             grid = pat.two_theta
             init = (d.problem, d.state)
             target = out if len(args.patterns) == 1 else out / f"{k:03d}_{Path(f).stem}"
-            files = write_decomposition(d, inst, target, source=str(f))
             r = decomposition_dict(d, inst, str(f))
+            files = write_decomposition(d, inst, target, source=str(f), result=r)
             results.append((str(f), r, None))
             lat = ", ".join(f"{p['name']} a={p['lattice']['a']:.5f}({p['lattice_esd']['a']:.1e})" for p in r["phases"])
             print(f"  Rwp {r['rwp_wpem']:.3f} % (PyWPEM weights), Rp {r['rp']:.3f} %, {r['n_iterations']} iterations, {lat}")

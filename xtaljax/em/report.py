@@ -38,7 +38,9 @@ def decomposition_dict(d, instrument, source: str = "") -> dict:
             "unexplained_peaks": d.unexplained_peaks()}
 
 
-def write_decomposition(d, instrument, out_dir, source: str = "") -> list[Path]:
+def write_decomposition(d, instrument, out_dir, source: str = "", result: dict | None = None) -> list[Path]:
+    """Write result.json, reflections.csv, fit.csv and fit.png; ``result``: the
+    :func:`decomposition_dict` already made for ``d`` (else it is made here)."""
     from ..plotting import plot_fit
     from .wpem import _positions_jit
 
@@ -51,7 +53,7 @@ def write_decomposition(d, instrument, out_dir, source: str = "") -> list[Path]:
     _atomic(out / "reflections.csv", lambda p: Path(p).write_text(buf.getvalue()))
     c = np.asarray(_positions_jit(d.problem, d.state.lattice, d.state.zero))[0]
     ticks = {ph.name: np.sort(c[d.problem.comp_phase == i]) for i, ph in enumerate(d.problem.phases)}
-    res = decomposition_dict(d, instrument, source)
+    res = result if result is not None else decomposition_dict(d, instrument, source)
     title = f"WPEM: Rwp {res['rwp_wpem']:.2f} % (PyWPEM weights), Rp {res['rp']:.2f} %"
     _atomic(out / "fit.png", lambda p: plot_fit(d.problem.two_theta, d.y_obs, d.y_calc, p, ticks=ticks, title=title))
     fit = np.column_stack([d.problem.two_theta, d.y_obs, d.y_calc, d.background, d.y_obs - d.y_calc])
