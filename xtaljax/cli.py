@@ -365,7 +365,8 @@ def cmd_decompose(args) -> int:
             print(f"decomposing {Path(f).name} ({k + 1}/{len(args.patterns)}): {len(pat)} points", file=sys.stderr)
             d = decompose(pat.two_theta, pat.intensity, phases, inst, n_background=args.background,
                           max_iter=args.max_iter, widths=args.widths, refine_zero=not args.fix_zero, init=init,
-                          sigma=pat.sigma, search=args.search, asymmetry=args.asymmetry)
+                          sigma=pat.sigma, search=args.search, asymmetry=args.asymmetry,
+                          refine_displacement=args.displacement)
             grid = pat.two_theta
             init = (d.problem, d.state)
             target = out if len(args.patterns) == 1 else out / f"{k:03d}_{Path(f).stem}"
@@ -472,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--background", type=int, default=12, help="Chebyshev background terms")
     ep.add_argument("--widths", default="caglioti", choices=("caglioti", "free"))
     ep.add_argument("--fix-zero", action="store_true", help="keep the zero shift fixed")
+    ep.add_argument("--displacement", action="store_true",
+                    help="also refine the sample displacement (Bragg-Brentano: shift -2 (s/R) cos(theta), "
+                         "R = goniometer radius of the instrument, 240 mm unless the instrument file says)")
     ep.add_argument("--max-iter", type=int, default=300)
     ep.add_argument("--asymmetry", action="store_true",
                     help="FCJ axial-divergence asymmetry in the components (S/L = H/L refined)")

@@ -25,13 +25,17 @@ def decomposition_dict(d, instrument, source: str = "") -> dict:
                        "n_reflections": int(np.sum(d.problem.comp_phase[d.problem.members()[2]] == i)),
                        "n_components": int(np.sum(d.problem.comp_phase == i))})
     st = d.stats
+    shifts = d.shifts()
     return {"pattern": source, "rwp": st["rwp"], "rwp_wpem": st["rwp_wpem"], "rp": st["rp"],
             "rwp_pywpem_subset": st.get("rwp_pywpem_subset"), "rp_pywpem_subset": st.get("rp_pywpem_subset"),
             "definitions": {**st["definitions"],
                             "rwp_pywpem_subset": "PyWPEM 2026.10: points with net > 5 % of max net, weights 1/y",
                             "weight_fraction": "Hill-Howard from the extracted intensities vs m|F|^2 LP of the model",
                             "weight_fraction_lp_quick": "PyWPEM-style: sum(I/LP) per phase, normalised"},
-            "zero": float(d.state.zero), "phases": phases, "n_iterations": d.n_iterations,
+            "zero": shifts["zero"][0], "zero_esd": shifts["zero"][1],
+            # sample displacement s (mm, Δ2θ = −2 (s/R) cos θ), refined with --displacement (esd null: fixed)
+            "displacement_mm": shifts["displacement_mm"][0], "displacement_esd_mm": shifts["displacement_mm"][1],
+            "phases": phases, "n_iterations": d.n_iterations,
             "loglik": float(d.state.loglik), "seconds": d.seconds, "widths": d.problem.widths,
             "asymmetry_sl_hl": float(d.state.asym) if d.problem.asymmetry else None,
             # residual peaks no component explains (an unlisted phase?), strongest first
@@ -51,7 +55,7 @@ def write_decomposition(d, instrument, out_dir, source: str = "", result: dict |
     w.writeheader()
     w.writerows(rows)
     _atomic(out / "reflections.csv", lambda p: Path(p).write_text(buf.getvalue()))
-    c = np.asarray(_positions_jit(d.problem, d.state.lattice, d.state.zero))[0]
+    c = np.asarray(_positions_jit(d.problem, d.state.lattice, d.state.zero, d.state.displacement))[0]
     ticks = {ph.name: np.sort(c[d.problem.comp_phase == i]) for i, ph in enumerate(d.problem.phases)}
     res = result if result is not None else decomposition_dict(d, instrument, source)
     title = f"WPEM: Rwp {res['rwp_wpem']:.2f} % (PyWPEM weights), Rp {res['rp']:.2f} %"

@@ -78,6 +78,7 @@ class EMState(NamedTuple):
     iteration: jax.Array
     lat_normal: jax.Array  # (Q, Q) Gauss–Newton normal matrix of the Bragg step (esd's)
     asym: jax.Array  # () FCJ axial divergence S/L = H/L (0 with asymmetry off)
+    displacement: jax.Array  # () sample displacement s (mm): Δ2θ = −2 (s / R) cos θ (radians)
 
 
 @dataclasses.dataclass
@@ -107,6 +108,8 @@ class EMProblem:
     n_background: int
     widths: str = "caglioti"
     refine_zero: bool = True
+    refine_displacement: bool = False
+    radius: float = 240.0  # goniometer radius R (mm), for the displacement
     sigma0: np.ndarray | None = None  # (K,) instrument Gaussian σ at the starting cell (degrees)
     gamma0: np.ndarray | None = None  # (K,) instrument Cauchy half-width
     calc0: np.ndarray | None = None  # (K,) model m|F|²·LP per reflection, normalised per phase
@@ -178,7 +181,8 @@ def coincident_groups(hkl, lat_m, lat_k, lat_free, params, n_cells: int = 3, rto
 
 def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
                   widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0,
-                  asymmetry: bool = False, n_fcj: int = 6, window_fwhm: float = 0.0) -> tuple[EMProblem, EMState]:
+                  asymmetry: bool = False, n_fcj: int = 6, window_fwhm: float = 0.0,
+                  refine_displacement: bool = False) -> tuple[EMProblem, EMState]:
     """Host-side set-up: symmetrise the phases, enumerate and merge their reflections in range,
     initial state from the instrument's profile terms (intensities 1, background 0).
 
@@ -199,7 +203,11 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
     ``asymmetry``: every line of every reflection becomes ``n_fcj`` Finger–Cox–Jephcoat
     sub-components (shifts and weights of the FCJ axial-divergence function, the same quadrature
     as the simulator's), with S/L = H/L refined by a Newton step on the log-likelihood each
-    iteration, starting from the instrument's value (or 0.01)."""
+    iteration, starting from the instrument's value (or 0.01).
+
+    ``refine_displacement``: the Bragg step also refines the sample displacement s (Bragg–Brentano
+    specimen height: Δ2θ = −2 (s/R) cos θ, R the instrument's goniometer radius), starting from
+    the instrument's value; with ``refine_zero`` both the constant and the cos θ shift are free."""
     from ..io.spacegroups import symmetrize
 
     tt = np.asarray(two_theta, np.float64)
@@ -259,10 +267,12 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
                          comp_phase=np.concatenate(comp_phase), hkl=np.concatenate(hkls).astype(np.float64),
                          multiplicity=np.concatenate(mult), lat_m=np.stack(lat_m), lat_k=np.stack(lat_k),
                          lat_free=np.stack(lat_free), n_background=n_background, widths=widths, refine_zero=refine_zero,
+                         refine_displacement=bool(refine_displacement), radius=float(inst.radius),
                          member_hkl=np.concatenate(m_hkl).astype(np.float64), member_mult=np.concatenate(m_mult),
                          member_comp=np.concatenate(m_comp))
         K = prob.n_reflections
-        lines = np.asarray(_positions_jit(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero))))  # (L, K)
+        lines = np.asarray(_positions_jit(prob, jnp.asarray(np.stack(lat0)), jnp.asarray(float(inst.zero)),
+                                          jnp.asarray(float(inst.displacement))))  # (L, K)
         pos = lines[0]
         th = np.radians(pos / 2)
         s2 = float(inst.u) * np.tan(th) ** 2 + float(inst.v) * np.tan(th) + float(inst.w)
@@ -291,27 +301,30 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
                         # weak-typed start made the SQUAREM step compile twice (+3.2 s on Mn2O3)
                         loglik=jnp.asarray(-np.inf, jnp.float64), rel_change=jnp.asarray(np.inf, jnp.float64),
                         iteration=jnp.asarray(0, jnp.int32),
-                        lat_normal=jnp.zeros((int(prob.lat_free.sum()) + 1,) * 2),
-                        asym=jnp.asarray(np.float64(_start_asym(inst) if asymmetry else 0.0)))
+                        lat_normal=jnp.zeros((int(prob.lat_free.sum()) + 2,) * 2),
+                        asym=jnp.asarray(np.float64(_start_asym(inst) if asymmetry else 0.0)),
+                        displacement=jnp.asarray(np.float64(float(inst.displacement))))
         return prob, state
 
 
-def positions(prob: EMProblem, lattice, zero):
-    """(L, K) peak centres (degrees 2θ) of every line and reflection; pure JAX."""
+def positions(prob: EMProblem, lattice, zero, displacement=0.0):
+    """(L, K) peak centres (degrees 2θ) of every line and reflection: Bragg's law, plus the zero
+    shift and the sample displacement's −2 (s/R) cos θ (as the simulator); pure JAX."""
     six = jnp.einsum("pij,pj->pi", jnp.asarray(prob.lat_m), lattice * jnp.asarray(prob.lat_free)) + jnp.asarray(prob.lat_k)
     recs = jnp.stack([reciprocal(lattice_from_parameters(*six[p])) for p in range(six.shape[0])])  # (P, 3, 3)
     rec = recs[jnp.asarray(prob.comp_phase)]  # (K, 3, 3)
     g = jnp.linalg.norm(jnp.einsum("ki,kij->kj", jnp.asarray(prob.hkl), rec), axis=-1)
     s = jnp.clip(jnp.asarray(prob.wavelengths)[:, None] * g[None, :] / 2, 0.0, 1.0 - 1e-12)
-    return 2.0 * RAD * jnp.arcsin(s) + zero
+    return 2.0 * RAD * (jnp.arcsin(s) - displacement / prob.radius * jnp.sqrt(1.0 - s * s)) + zero
 
 
-def _positions_jit(prob: EMProblem, lattice, zero):
+def _positions_jit(prob: EMProblem, lattice, zero, displacement=0.0):
     """:func:`positions` as one compiled call (host-side callers: run op by op it compiled
     ~40 one-op programs, ~20 ms each)."""
-    f = _compiled(prob, "positions", lambda: jax.jit(lambda lat, z: positions(prob, lat, z)))
+    f = _compiled(prob, "positions", lambda: jax.jit(lambda lat, z, s: positions(prob, lat, z, s)))
     with jax.enable_x64(True):
-        return f(jnp.asarray(lattice, jnp.float64), jnp.asarray(zero, jnp.float64))
+        return f(jnp.asarray(lattice, jnp.float64), jnp.asarray(zero, jnp.float64),
+                 jnp.asarray(displacement, jnp.float64))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -326,7 +339,7 @@ def _start_asym(inst) -> float:
 
 def _sub_components(prob: EMProblem, st: EMState):
     """Centres (L, K), FCJ shifts (L, K, Q) and weights (L, K, Q) of every sub-component."""
-    c = positions(prob, st.lattice, st.zero)  # (L, K)
+    c = positions(prob, st.lattice, st.zero, st.displacement)  # (L, K)
     if not prob.asymmetry:
         return c, jnp.zeros(c.shape + (1,)), jnp.ones(c.shape + (1,))
     a = jnp.maximum(st.asym, 1e-5)
@@ -419,9 +432,10 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     p_l = jnp.sum(wl * u, axis=3) / gamma[None, :, None] ** 2
     m_g = jnp.sum(wg * xb, axis=3) / jnp.maximum(jnp.sum(wg, axis=3), 1e-300) - sh
     p_g = jnp.sum(wg, axis=3) / sigma[None, :, None] ** 2
-    lattice, zero, normal = _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps)
+    lattice, zero, displacement, normal = _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps)
     # background: weighted least squares of (y − peaks), weights 1/max(y, 1)
-    new = st._replace(intensity=intensity, eta=eta, sigma=sigma, gamma=gamma, lattice=lattice, zero=zero)
+    new = st._replace(intensity=intensity, eta=eta, sigma=sigma, gamma=gamma, lattice=lattice, zero=zero,
+                      displacement=displacement)
     if prob.asymmetry:
         new = new._replace(asym=_asym_step(prob, new, y, x, dx, basis))
     _, peaks, _ = model_counts(prob, new, x, dx, basis)
@@ -493,7 +507,7 @@ def squarem_step(prob: EMProblem, st: EMState, y, x, dx, basis) -> EMState:
         res = em_step(prob, inp, y, x, dx, basis)
         s1 = pick(k == 0, res, s1)
         s2 = pick(k == 1, res, s2)
-        good_k = ok_ext & finite((res.lattice, res.zero, res.intensity, res.sigma, res.gamma, res.eta,
+        good_k = ok_ext & finite((res.lattice, res.zero, res.displacement, res.intensity, res.sigma, res.gamma, res.eta,
                                   res.background, res.asym)) & jnp.isfinite(res.loglik) & (res.loglik >= s2.loglik)
         good = jnp.where(k == 2, good_k, good)
         done = (k == 3) | ((k == 2) & good_k)
@@ -563,35 +577,37 @@ def _bragg(prob, st, m_l, p_l, m_g, p_g, gn_steps):
 
     def unpack(theta):
         lat = st.lattice.at[idx[:, 0], idx[:, 1]].set(theta[:q_lat])
-        return lat, (theta[q_lat] if prob.refine_zero else st.zero)
+        return (lat, theta[q_lat] if prob.refine_zero else st.zero,
+                theta[q_lat + 1] if prob.refine_displacement else st.displacement)
 
-    theta = jnp.concatenate([st.lattice[idx[:, 0], idx[:, 1]], st.zero[None]])
+    theta = jnp.concatenate([st.lattice[idx[:, 0], idx[:, 1]], st.zero[None], st.displacement[None]])
     m = jnp.concatenate([m_l.ravel(), m_g.ravel()])
     p = jnp.concatenate([p_l.ravel(), p_g.ravel()])
     p = jnp.where(jnp.isfinite(m) & jnp.isfinite(p), p, 0.0)
     m = jnp.where(p > 0, m, 0.0)
 
     def resid(th):
-        lat, z = unpack(th)
-        c = jnp.broadcast_to(positions(prob, lat, z)[..., None], m_l.shape).ravel()  # (L, K, Q)
+        c = jnp.broadcast_to(positions(prob, *unpack(th))[..., None], m_l.shape).ravel()  # (L, K, Q)
         return (jnp.concatenate([c, c]) - m) * jnp.sqrt(p)
 
     # trust region: no Kα1 centre moves by more than the smallest starting FWHM per step (a
     # Gauss–Newton step from weak, far-off responsibilities can otherwise throw the cell away)
     limit = float(np.min(2.355 * prob.sigma0)) if prob.sigma0 is not None else np.inf
-    normal = jnp.zeros((q_lat + 1,) * 2)
+    normal = jnp.zeros((q_lat + 2,) * 2)
     for _ in range(gn_steps):
         r = resid(theta)
         jac = jax.jacfwd(resid)(theta)
         if not prob.refine_zero:
             jac = jac.at[:, q_lat].set(0.0)
+        if not prob.refine_displacement:
+            jac = jac.at[:, q_lat + 1].set(0.0)
         normal = jac.T @ jac
         a = normal + jnp.diag(jnp.where(jnp.diag(normal) > 0, 0.0, 1.0))
         delta = jnp.linalg.solve(a, jac.T @ r)
         moved = jnp.max(jnp.abs(positions(prob, *unpack(theta - delta))[0] - positions(prob, *unpack(theta))[0]))
         theta = theta - delta * jnp.minimum(1.0, limit / jnp.maximum(moved, 1e-300))
-    lat, z = unpack(theta)
-    return lat, jnp.asarray(z), normal
+    lat, z, disp = unpack(theta)
+    return lat, jnp.asarray(z), jnp.asarray(disp), normal
 
 
 # ----------------------------------------------------------------------------------------------
@@ -616,25 +632,38 @@ class Decomposition:
         prob, st = self.problem, self.state
         m = prob.lat_m[i]
         six = m @ (np.asarray(st.lattice[i]) * prob.lat_free[i]) + prob.lat_k[i]
-        normal = np.asarray(st.lat_normal)
+        cov = self._covariance()
         free = np.argwhere(prob.lat_free > 0)
+        rows = [k for k, (p, _) in enumerate(free) if p == i]
+        sub = np.zeros((6, 6))
+        for ka in rows:
+            for kb in rows:
+                sub[free[ka][1], free[kb][1]] = cov[ka, kb]
+        var6 = np.diag(m @ sub @ m.T)
+        return six, np.sqrt(np.clip(var6, 0, None))
+
+    def _covariance(self):
+        """Covariance of the Bragg step's parameters (free lattice parameters, zero,
+        displacement) from its normal matrix, scaled by the reduced χ² of the whole fit (GSAS-II's
+        convention); fixed parameters have zero rows."""
+        normal = np.asarray(self.state.lat_normal)
         try:
             cov = np.linalg.pinv(normal)
         except np.linalg.LinAlgError:
             cov = np.zeros_like(normal)
-        var6 = np.zeros(6)
-        rows = [k for k, (p, _) in enumerate(free) if p == i]
-        sub = np.zeros((6, 6))
-        for a_, ka in enumerate(rows):
-            for b_, kb in enumerate(rows):
-                sub[free[ka][1], free[kb][1]] = cov[ka, kb]
-        # Bragg-step covariance scaled by the reduced χ² of the whole fit (GSAS-II's convention)
-        var6 = np.diag(m @ sub @ m.T) * max(self.stats["reduced_chi2"], 1.0)
-        return six, np.sqrt(np.clip(var6, 0, None))
+        return cov * max(self.stats["reduced_chi2"], 1.0)
+
+    def shifts(self) -> dict:
+        """Zero shift (degrees) and sample displacement (mm) with esd's (None when held fixed)."""
+        prob, st = self.problem, self.state
+        q = int(prob.lat_free.sum())
+        sd = np.sqrt(np.clip(np.diag(self._covariance()), 0, None))
+        return {"zero": (float(st.zero), float(sd[q]) if prob.refine_zero else None),
+                "displacement_mm": (float(st.displacement), float(sd[q + 1]) if prob.refine_displacement else None)}
 
     def reflections(self) -> list[dict]:
         prob, st = self.problem, self.state
-        c = np.asarray(_positions_jit(prob, st.lattice, st.zero))[0]
+        c = np.asarray(_positions_jit(prob, st.lattice, st.zero, st.displacement))[0]
         sig, gam, eta = np.asarray(st.sigma), np.asarray(st.gamma), np.asarray(st.eta)
         fwhm_g, fwhm_l = 2 * np.sqrt(2 * np.log(2)) * sig, 2 * gam
         m_hkl, _, m_comp = prob.members()
@@ -656,7 +685,7 @@ class Decomposition:
         from .residual import unexplained_peaks
 
         prob, st = self.problem, self.state
-        c = np.asarray(_positions_jit(prob, st.lattice, st.zero))  # (L, K): every line's peak
+        c = np.asarray(_positions_jit(prob, st.lattice, st.zero, st.displacement))  # (L, K): every line's peak
         n_lines = c.shape[0]
         eta = np.asarray(st.eta)
         fwhm = eta * 2 * np.asarray(st.gamma) + (1 - eta) * 2 * np.sqrt(2 * np.log(2)) * np.asarray(st.sigma)
@@ -725,7 +754,7 @@ def _stats(y, yc, sigma, n_params=0):
 
 def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_background: int = 8,
               max_iter: int = 400, tol: float = 1e-9, widths: str = "caglioti", refine_zero: bool = True,
-              search: float = 0.0, asymmetry: bool = False,
+              search: float = 0.0, asymmetry: bool = False, refine_displacement: bool = False,
               accelerate: bool = True, init: tuple | None = None, problem: tuple | None = None,
               progress: bool = True) -> Decomposition:
     """Decompose one pattern. ``init=(problem, state)`` warm-starts from a previous result (a
@@ -745,7 +774,7 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
                                  "(add the subtracted background back, or shift the pattern)")
     if init is None and problem is None:
         prob, st = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero,
-                                 search=search, asymmetry=asymmetry)
+                                 search=search, asymmetry=asymmetry, refine_displacement=refine_displacement)
     else:
         prob, st = init if init is not None else problem
         if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
@@ -798,7 +827,7 @@ def pywpem_subset_factors(y, yc, background, fraction: float = 0.05) -> dict:
 def _n_params(prob: EMProblem) -> int:
     per_refl = 2 if prob.widths == "caglioti" else 4  # I, η (+ σ, γ when free)
     return (per_refl * prob.n_reflections + (5 if prob.widths == "caglioti" else 0) + int(prob.lat_free.sum())
-            + int(prob.refine_zero) + prob.n_background + int(prob.asymmetry))
+            + int(prob.refine_zero) + int(prob.refine_displacement) + prob.n_background + int(prob.asymmetry))
 
 
 def _scan_lattice(prob, st, net, x):
@@ -811,10 +840,11 @@ def _scan_lattice(prob, st, net, x):
         return st
     n_ph = len(prob.phases)
     s_grid = jnp.linspace(-prob.search, prob.search, prob.search_steps)
-    c1 = positions(prob, st.lattice, st.zero)[0] - st.zero  # (K,) Kα1 positions at s = 0
+    shift = positions(prob, st.lattice, st.zero, st.displacement)[0] - positions(prob, st.lattice, 0.0)[0]
+    c1 = positions(prob, st.lattice, 0.0)[0]  # (K,) Kα1 Bragg angles at s = 0 (no zero, no displacement)
     sin0 = jnp.sin(jnp.deg2rad(c1 / 2))
     # d → d(1+s): sin θ → sin θ / (1+s)
-    pos = 2 * RAD * jnp.arcsin(jnp.clip(sin0[None, :] / (1 + s_grid[:, None]), 0, 1 - 1e-12)) + st.zero  # (S, K)
+    pos = 2 * RAD * jnp.arcsin(jnp.clip(sin0[None, :] / (1 + s_grid[:, None]), 0, 1 - 1e-12)) + shift[None, :]  # (S, K)
     onehot = jnp.asarray(np.eye(n_ph)[prob.comp_phase].T)  # (P, K)
     w = jnp.asarray(prob.calc0)
     half = 2.355 * jnp.asarray(prob.sigma0)  # a FWHM either side
@@ -829,7 +859,7 @@ def _scan_lattice(prob, st, net, x):
         placed = placed.at[p].set(True)
         scale = scale.at[p].set(s_p)
         if n_ph > 1:
-            c_p = 2 * RAD * jnp.arcsin(jnp.clip(sin0 / (1 + s_p), 0, 1 - 1e-12)) + st.zero
+            c_p = 2 * RAD * jnp.arcsin(jnp.clip(sin0 / (1 + s_p), 0, 1 - 1e-12)) + shift
             near = (jnp.abs(x[None, :] - c_p[:, None]) < half[:, None]) & (onehot[p][:, None] > 0)
             net = jnp.where(jnp.any(near, axis=0), 0.0, net)
     lm = np.asarray(prob.lat_m)
@@ -852,7 +882,7 @@ def _initial_intensities(prob, st, y, x, dx, basis):
     fit = basis @ coef
     net = jnp.maximum(y - fit, 0.0)
     st = _scan_lattice(prob, st, net, x)
-    c = positions(prob, st.lattice, st.zero)[0]
+    c = positions(prob, st.lattice, st.zero, st.displacement)[0]
     idx = jnp.clip(jnp.searchsorted(x, c), 0, x.shape[0] - 1)
     height = net[idx]
     fwhm = 2.355 * st.sigma
@@ -898,7 +928,8 @@ def _compiled_step(prob: EMProblem):
 
 def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100, n_background: int = 8,
                     widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0,
-                    asymmetry: bool = False, problem: tuple | None = None, chunk: int | None = 16,
+                    asymmetry: bool = False, refine_displacement: bool = False, problem: tuple | None = None,
+                    chunk: int | None = 16,
                     track: bool = False, mesh=None):
     """Decompose many patterns on one grid with one compiled program (``vmap`` over patterns, a
     fixed number of EM iterations). Returns ``(problem, states)`` with a leading batch axis.
@@ -918,7 +949,8 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         bad = np.flatnonzero(~np.all(np.isfinite(yb) & (yb >= 0), axis=1))
         raise DecompositionError(f"pattern(s) {bad.tolist()} contain NaN or negative values")
     prob, st0 = problem or build_problem(x, phases, instrument, n_background=n_background, widths=widths,
-                                         refine_zero=refine_zero, search=search, asymmetry=asymmetry)
+                                         refine_zero=refine_zero, search=search, asymmetry=asymmetry,
+                                         refine_displacement=refine_displacement)
     if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
         raise DecompositionError("the given problem was built on another 2θ grid")
     with jax.enable_x64(True):
@@ -950,7 +982,8 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
             out = fn(jnp.asarray(block), start_state)
             if track:
                 last = size - pad - 1
-                start_state = st0._replace(lattice=out.lattice[last], zero=out.zero[last])
+                start_state = st0._replace(lattice=out.lattice[last], zero=out.zero[last],
+                                           displacement=out.displacement[last])
             parts.append(jax.tree_util.tree_map(lambda a: a[: size - pad], out))
         states = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
     return prob, states
