@@ -133,11 +133,13 @@ def test_generator_eval_benchmark_tiny(tmp_path):
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "structures" / "perov_5" / "test.csv").is_file(),
                     reason="../shared data not present")
 def test_generator_failures_benchmark_tiny(tmp_path):
-    """``benchmarks/generator_failures.py`` on 4 rows × 2 samples: every row gets one class, the
-    counts add up, and the truth's own loss is ~0 (the noiseless pattern it was made from)."""
+    """``benchmarks/generator_failures.py`` on 4 rows × 2 samples in chunks of 2: every row gets
+    one class, the counts add up, the truth's own loss is ~0 (the noiseless pattern it was made
+    from), and a rerun resumes from the finished chunks with the same rows."""
     out = tmp_path / "fail.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generator_failures.py"), "--rows", "4",
-                           "--samples", "2", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    cmd = [sys.executable, str(REPO / "benchmarks" / "generator_failures.py"), "--rows", "4", "--samples", "2",
+           "--chunk", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     r = json.loads(out.read_text())
     s = r["summary"]
@@ -145,3 +147,6 @@ def test_generator_failures_benchmark_tiny(tmp_path):
     assert {row["class"] for row in r["rows"]} <= {"top1_match", "decoration", "geometry"}
     assert s["failures_with_a_match_among_k"] <= 4 - s["classes"]["top1_match"]
     assert s["median_truth_loss"] < 0.05
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert again.returncode == 0 and "resuming: 2 chunk(s), 4 rows done" in again.stderr, again.stderr[-2000:]
+    assert json.loads(out.read_text())["rows"] == r["rows"]
