@@ -87,6 +87,8 @@ def test_three_phase_known_truth_with_tetragonal_phase(x64):
     _check_known_truth(d, prob, lat_true, i_true, w_true, inst)
     # every phase listed: nothing left in the residual
     assert d.unexplained_peaks()["peaks"] == []
+    # the components summed per phase are the fitted peaks
+    np.testing.assert_allclose(d.phase_peaks().sum(axis=0) + d.background, d.y_calc, rtol=1e-9, atol=1e-6)
 
 
 def test_sample_displacement_is_refined(x64):
@@ -248,6 +250,9 @@ def test_cli_decompose_mn2o3_and_series(tmp_path):
     ph = r["phases"][0]
     assert (ph["n_reflections"], ph["n_components"]) == (110, 50)
     assert (out / "reflections.csv").read_text().count("\n") == 1 + 50 and (out / "fit.png").stat().st_size > 0
+    fit = np.genfromtxt(out / "fit.csv", delimiter=",", names=True)
+    assert fit.dtype.names[-1] == "peaks_Mn2O3"  # each phase's fitted peaks (the components plot's sums)
+    np.testing.assert_allclose(fit["background"] + fit["peaks_Mn2O3"], fit["y_calc"], rtol=1e-6, atol=0.05)
     # the data hold an impurity (lines at 18.1, 28.8, 37.55, 49.9, 60.1°: α-MnO2-like): reported
     found = r["unexplained_peaks"]
     assert found["peaks"][0]["two_theta"] == pytest.approx(37.55, abs=0.1) and found["peaks"][0]["snr"] > 10

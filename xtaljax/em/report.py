@@ -42,6 +42,10 @@ def decomposition_dict(d, instrument, source: str = "") -> dict:
             "unexplained_peaks": d.unexplained_peaks()}
 
 
+#: above this many components fit.png draws each phase's summed peaks instead of every component
+MAX_DRAWN_COMPONENTS = 400
+
+
 def write_decomposition(d, instrument, out_dir, source: str = "", result: dict | None = None) -> list[Path]:
     """Write result.json, reflections.csv, fit.csv and fit.png; ``result``: the
     :func:`decomposition_dict` already made for ``d`` (else it is made here)."""
@@ -55,14 +59,33 @@ def write_decomposition(d, instrument, out_dir, source: str = "", result: dict |
     w.writeheader()
     w.writerows(rows)
     _atomic(out / "reflections.csv", lambda p: Path(p).write_text(buf.getvalue()))
-    c = np.asarray(_positions_jit(d.problem, d.state.lattice, d.state.zero, d.state.displacement))[0]
-    ticks = {ph.name: np.sort(c[d.problem.comp_phase == i]) for i, ph in enumerate(d.problem.phases)}
+    prob = d.problem
+    c = np.asarray(_positions_jit(prob, d.state.lattice, d.state.zero, d.state.displacement))[0]
+    ticks = {ph.name: np.sort(c[prob.comp_phase == i]) for i, ph in enumerate(prob.phases)}
     res = result if result is not None else decomposition_dict(d, instrument, source)
     title = f"WPEM: Rwp {res['rwp_wpem']:.2f} % (PyWPEM weights), Rp {res['rp']:.2f} %"
-    _atomic(out / "fit.png", lambda p: plot_fit(d.problem.two_theta, d.y_obs, d.y_calc, p, ticks=ticks, title=title))
-    fit = np.column_stack([d.problem.two_theta, d.y_obs, d.y_calc, d.background, d.y_obs - d.y_calc])
-    _atomic(out / "fit.csv", lambda p: np.savetxt(p, fit, delimiter=",", fmt="%.8g",
-                                                  header="two_theta,y_obs,y_calc,background,difference", comments=""))
+    counts, idx = d.components()
+    phase_peaks = np.zeros((len(prob.phases), prob.two_theta.size))
+    curves = {}
+    for i, ph in enumerate(prob.phases):
+        sel = np.flatnonzero(prob.comp_phase == i)
+        np.add.at(phase_peaks[i], idx[sel].ravel(), counts[sel].ravel())
+        if counts.shape[0] <= MAX_DRAWN_COMPONENTS:  # every component on the background
+            curves[ph.name] = []
+            for k in sel:
+                keep = counts[k] > 1e-3 * max(float(counts[k].max()), 1e-300)
+                if keep.any():
+                    j = idx[k][keep]
+                    curves[ph.name].append((prob.two_theta[j], d.background[j] + counts[k][keep]))
+        else:  # too many to draw: the phase's peaks on the background
+            curves[ph.name] = [(prob.two_theta, d.background + phase_peaks[i])]
+    marks = [p["two_theta"] for p in res["unexplained_peaks"]["peaks"]]
+    _atomic(out / "fit.png", lambda p: plot_fit(prob.two_theta, d.y_obs, d.y_calc, p, ticks=ticks, title=title,
+                                                components=curves, marks=marks))
+    fit = np.column_stack([prob.two_theta, d.y_obs, d.y_calc, d.background, d.y_obs - d.y_calc, *phase_peaks])
+    header = ",".join(["two_theta", "y_obs", "y_calc", "background", "difference"]
+                      + [f"peaks_{ph.name}" for ph in prob.phases])
+    _atomic(out / "fit.csv", lambda p: np.savetxt(p, fit, delimiter=",", fmt="%.8g", header=header, comments=""))
     _atomic(out / "result.json", lambda p: Path(p).write_text(json.dumps(res, indent=1)))
     return [out / "result.json", out / "reflections.csv", out / "fit.csv", out / "fit.png"]
 

@@ -395,6 +395,14 @@ def model_counts(prob: EMProblem, st: EMState, x, dx, basis):
     return bkg + peaks, peaks, bkg
 
 
+def component_counts(prob: EMProblem, st: EMState, x, dx):
+    """(K, M) expected counts of every component (all its lines and FCJ sub-components) on its
+    window, and the (K, M) grid indices of the windows; pure JAX. Summed onto the grid they are
+    the peaks of :func:`model_counts`."""
+    (_, _, idx), _, tl, tg = _terms(prob, st, x)
+    return jnp.sum(tl + tg, axis=(0, 2)) * _on_windows(idx, dx), idx
+
+
 def _loglik(y, total):
     """Poisson log-likelihood (up to a constant); a non-positive mean (a background driven
     below zero) counts as a mean of 1e-9, so such a state never looks better."""
@@ -676,6 +684,26 @@ class Decomposition:
                         "fwhm_lorentz": float(fwhm_l[k]), "eta": float(eta[k]),
                         # every reflection of the component (equal d in the crystal family: one peak)
                         "reflections": ";".join(" ".join(map(str, h)) for h in same)})
+        return out
+
+    def components(self):
+        """``(counts (K, M), indices (K, M))``: every component's fitted counts on its window of
+        grid points (the whole grid unless the E-step is windowed)."""
+        prob = self.problem
+        f = _compiled(prob, "components", lambda: jax.jit(lambda s, x, dx: component_counts(prob, s, x, dx)))
+        with jax.enable_x64(True):
+            c, idx = f(self.state, jnp.asarray(prob.two_theta), jnp.asarray(np.gradient(prob.two_theta)))
+        return np.asarray(c), np.asarray(idx)
+
+    def phase_peaks(self) -> np.ndarray:
+        """(P, N) fitted peak counts of each phase on the grid (their sum plus the background is
+        ``y_calc``)."""
+        prob = self.problem
+        c, idx = self.components()
+        out = np.zeros((len(prob.phases), prob.two_theta.size))
+        for i in range(len(prob.phases)):
+            sel = prob.comp_phase == i
+            np.add.at(out[i], idx[sel].ravel(), c[sel].ravel())
         return out
 
     def unexplained_peaks(self, min_snr: float = 5.0) -> dict:
