@@ -336,6 +336,20 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _background_on_grid(path, two_theta):
+    """A background curve (any pattern format: 2θ, counts) interpolated onto ``two_theta``; it
+    must cover the range."""
+    from xtaljax.io import read_pattern
+
+    b = read_pattern(path)
+    lo, hi = float(b.two_theta[0]), float(b.two_theta[-1])
+    step = float(np.median(np.diff(two_theta))) if len(two_theta) > 1 else 0.0
+    if lo > two_theta[0] + step or hi < two_theta[-1] - step:
+        raise CliError(f"--background-file {Path(path).name} covers 2θ {lo:g}–{hi:g}°, the pattern "
+                       f"{two_theta[0]:g}–{two_theta[-1]:g}°")
+    return np.interp(two_theta, b.two_theta, b.intensity)
+
+
 def cmd_decompose(args) -> int:
     """WPEM decomposition of one pattern or a series (warm-started in the given order)."""
     from xtaljax._cache import enable_compilation_cache
@@ -366,7 +380,9 @@ def cmd_decompose(args) -> int:
             d = decompose(pat.two_theta, pat.intensity, phases, inst, n_background=args.background,
                           max_iter=args.max_iter, widths=args.widths, refine_zero=not args.fix_zero, init=init,
                           sigma=pat.sigma, search=args.search, asymmetry=args.asymmetry,
-                          refine_displacement=args.displacement)
+                          refine_displacement=args.displacement,
+                          fixed_background=_background_on_grid(args.background_file, pat.two_theta)
+                          if args.background_file else None)
             grid = pat.two_theta
             init = (d.problem, d.state)
             target = out if len(args.patterns) == 1 else out / f"{k:03d}_{Path(f).stem}"
@@ -473,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--background", type=int, default=12, help="Chebyshev background terms")
     ep.add_argument("--widths", default="caglioti", choices=("caglioti", "free"))
     ep.add_argument("--fix-zero", action="store_true", help="keep the zero shift fixed")
+    ep.add_argument("--background-file", metavar="FILE",
+                    help="a background curve (2θ, counts; any pattern format) held fixed instead of the "
+                         "refined Chebyshev background")
     ep.add_argument("--displacement", action="store_true",
                     help="also refine the sample displacement (Bragg-Brentano: shift -2 (s/R) cos(theta), "
                          "R = goniometer radius of the instrument, 240 mm unless the instrument file says)")

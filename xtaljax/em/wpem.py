@@ -22,7 +22,8 @@ One EM iteration (:func:`em_step`, pure JAX):
 * **Bragg step**: the conditional means ``m_c`` of every sub-component with their precisions
   ``P_c`` define ``Σ_c P_c (m_c − c_c(θ))²``, minimised over the lattice-family parameters of
   every phase (and the zero shift) by Gauss–Newton with the exact Jacobian (``jax.jacfwd``).
-* **Background**: weighted least squares of ``y − peaks`` on the Chebyshev basis.
+* **Background**: weighted least squares of ``y − peaks`` on the Chebyshev basis (updated from the
+  residuals every iteration), or a given curve held fixed (``fixed_background``).
 
 Convergence: relative change of the Poisson log-likelihood below ``tol`` or ``max_iter``.
 """
@@ -126,6 +127,8 @@ class EMProblem:
     member_hkl: np.ndarray | None = None  # (R, 3)
     member_mult: np.ndarray | None = None  # (R,)
     member_comp: np.ndarray | None = None  # (R,) component of each reflection
+    #: a given background (counts on the grid) held fixed; ``None``: Chebyshev, refined
+    background_curve: np.ndarray | None = None
 
     def members(self):
         """``(hkl (R, 3), multiplicity (R,), component (R,))`` of every reflection."""
@@ -182,7 +185,7 @@ def coincident_groups(hkl, lat_m, lat_k, lat_free, params, n_cells: int = 3, rto
 def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int = 8, symprec: float = 0.01,
                   widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0,
                   asymmetry: bool = False, n_fcj: int = 6, window_fwhm: float = 0.0,
-                  refine_displacement: bool = False) -> tuple[EMProblem, EMState]:
+                  refine_displacement: bool = False, fixed_background=None) -> tuple[EMProblem, EMState]:
     """Host-side set-up: symmetrise the phases, enumerate and merge their reflections in range,
     initial state from the instrument's profile terms (intensities 1, background 0).
 
@@ -207,7 +210,10 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
 
     ``refine_displacement``: the Bragg step also refines the sample displacement s (Bragg–Brentano
     specimen height: Δ2θ = −2 (s/R) cos θ, R the instrument's goniometer radius), starting from
-    the instrument's value; with ``refine_zero`` both the constant and the cos θ shift are free."""
+    the instrument's value; with ``refine_zero`` both the constant and the cos θ shift are free.
+
+    ``fixed_background``: counts on the grid (e.g. from a background fit made elsewhere) used as
+    the background and never updated; ``n_background`` is then ignored."""
     from ..io.spacegroups import symmetrize
 
     tt = np.asarray(two_theta, np.float64)
@@ -221,6 +227,14 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
         raise DecompositionError(f"search is a relative strain in [0, 0.2), got {search}")
     if window_fwhm < 0 or n_fcj < 2:
         raise DecompositionError(f"window_fwhm must be >= 0 and n_fcj >= 2, got {window_fwhm}, {n_fcj}")
+    curve = None
+    if fixed_background is not None:
+        curve = np.asarray(fixed_background, np.float64)
+        if curve.shape != tt.shape:
+            raise DecompositionError(f"the fixed background has {curve.size} points, the pattern {tt.size}")
+        if not np.all(np.isfinite(curve)) or np.any(curve < 0):
+            raise DecompositionError("the fixed background must be finite and non-negative counts")
+        n_background = 1
     with jax.enable_x64(True):
         inst = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64)
                                       if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, instrument)
@@ -268,6 +282,7 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
                          multiplicity=np.concatenate(mult), lat_m=np.stack(lat_m), lat_k=np.stack(lat_k),
                          lat_free=np.stack(lat_free), n_background=n_background, widths=widths, refine_zero=refine_zero,
                          refine_displacement=bool(refine_displacement), radius=float(inst.radius),
+                         background_curve=curve,
                          member_hkl=np.concatenate(m_hkl).astype(np.float64), member_mult=np.concatenate(m_mult),
                          member_comp=np.concatenate(m_comp))
         K = prob.n_reflections
@@ -296,7 +311,8 @@ def build_problem(two_theta, phases: Sequence, instrument, *, n_background: int 
                                    search_steps=steps, asymmetry=bool(asymmetry), n_fcj=int(n_fcj) if asymmetry else 1)
         state = EMState(lattice=jnp.asarray(np.stack(lat0)), zero=jnp.asarray(np.float64(float(inst.zero))),
                         intensity=jnp.ones(K), eta=jnp.full(K, 0.5, jnp.float64), sigma=jnp.asarray(sig),
-                        gamma=jnp.asarray(gam), background=jnp.zeros(n_background),
+                        gamma=jnp.asarray(gam),
+                        background=jnp.ones(1) if curve is not None else jnp.zeros(n_background),
                         # strong float64 (not weak-typed), as the compiled steps return them: a
                         # weak-typed start made the SQUAREM step compile twice (+3.2 s on Mn2O3)
                         loglik=jnp.asarray(-np.inf, jnp.float64), rel_change=jnp.asarray(np.inf, jnp.float64),
@@ -330,6 +346,14 @@ def _positions_jit(prob: EMProblem, lattice, zero, displacement=0.0):
 @functools.partial(jax.jit, static_argnums=1)
 def _cheb_basis(tt, n):
     return jnp.stack([chebyshev_background(tt, jnp.eye(n, dtype=tt.dtype)[k]) for k in range(n)], 1)
+
+
+def _basis(prob: EMProblem, tt):
+    """(N, nb) background basis: the Chebyshev polynomials, or the fixed curve as one column
+    (coefficient 1, never updated)."""
+    if prob.background_curve is not None:
+        return jnp.asarray(prob.background_curve)[:, None]
+    return _cheb_basis(tt, prob.n_background)
 
 
 def _start_asym(inst) -> float:
@@ -447,9 +471,12 @@ def em_step(prob: EMProblem, st: EMState, y, x, dx, basis, gn_steps: int = 2) ->
     if prob.asymmetry:
         new = new._replace(asym=_asym_step(prob, new, y, x, dx, basis))
     _, peaks, _ = model_counts(prob, new, x, dx, basis)
-    w = 1.0 / jnp.maximum(y, 1.0)
-    a = basis.T @ (basis * w[:, None])
-    coef = jnp.linalg.solve(a + 1e-12 * jnp.trace(a) * jnp.eye(a.shape[0]), basis.T @ (w * (y - peaks)))
+    if prob.background_curve is None:
+        w = 1.0 / jnp.maximum(y, 1.0)
+        a = basis.T @ (basis * w[:, None])
+        coef = jnp.linalg.solve(a + 1e-12 * jnp.trace(a) * jnp.eye(a.shape[0]), basis.T @ (w * (y - peaks)))
+    else:  # a given background, held fixed
+        coef = st.background
     new = new._replace(background=coef)
     total = basis @ coef + peaks  # the peaks do not depend on the background
     ll = _loglik(y, total)
@@ -783,7 +810,7 @@ def _stats(y, yc, sigma, n_params=0):
 def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_background: int = 8,
               max_iter: int = 400, tol: float = 1e-9, widths: str = "caglioti", refine_zero: bool = True,
               search: float = 0.0, asymmetry: bool = False, refine_displacement: bool = False,
-              accelerate: bool = True, init: tuple | None = None, problem: tuple | None = None,
+              fixed_background=None, accelerate: bool = True, init: tuple | None = None, problem: tuple | None = None,
               progress: bool = True) -> Decomposition:
     """Decompose one pattern. ``init=(problem, state)`` warm-starts from a previous result (a
     series); ``problem=(problem, state0)`` from :func:`build_problem` reuses the set-up and the
@@ -802,7 +829,8 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
                                  "(add the subtracted background back, or shift the pattern)")
     if init is None and problem is None:
         prob, st = build_problem(x, phases, instrument, n_background=n_background, widths=widths, refine_zero=refine_zero,
-                                 search=search, asymmetry=asymmetry, refine_displacement=refine_displacement)
+                                 search=search, asymmetry=asymmetry, refine_displacement=refine_displacement,
+                                 fixed_background=fixed_background)
     else:
         prob, st = init if init is not None else problem
         if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
@@ -810,7 +838,7 @@ def decompose(two_theta, y_obs, phases: Sequence, instrument, *, sigma=None, n_b
     with jax.enable_x64(True):
         xj, yj = jnp.asarray(x), jnp.asarray(y)
         dx = jnp.asarray(np.gradient(x))
-        basis = _cheb_basis(xj, prob.n_background)
+        basis = _basis(prob, xj)
         if init is None:
             st = _compiled(prob, "init", lambda: jax.jit(
                 lambda s, y, x, dx, b: _initial_intensities(prob, s, y, x, dx, b)))(st, yj, xj, dx, basis)
@@ -855,7 +883,8 @@ def pywpem_subset_factors(y, yc, background, fraction: float = 0.05) -> dict:
 def _n_params(prob: EMProblem) -> int:
     per_refl = 2 if prob.widths == "caglioti" else 4  # I, η (+ σ, γ when free)
     return (per_refl * prob.n_reflections + (5 if prob.widths == "caglioti" else 0) + int(prob.lat_free.sum())
-            + int(prob.refine_zero) + int(prob.refine_displacement) + prob.n_background + int(prob.asymmetry))
+            + int(prob.refine_zero) + int(prob.refine_displacement) + int(prob.asymmetry)
+            + (prob.n_background if prob.background_curve is None else 0))
 
 
 def _scan_lattice(prob, st, net, x):
@@ -905,8 +934,11 @@ def _initial_intensities(prob, st, y, x, dx, basis):
     def clip_fit(_, yb):
         return jnp.minimum(y, basis @ (pinv @ yb))
 
-    yb = lax.fori_loop(0, 19, clip_fit, y)
-    coef = pinv @ yb
+    if prob.background_curve is not None:  # the given background
+        coef = jnp.ones(1)
+    else:
+        yb = lax.fori_loop(0, 19, clip_fit, y)
+        coef = pinv @ yb
     fit = basis @ coef
     net = jnp.maximum(y - fit, 0.0)
     st = _scan_lattice(prob, st, net, x)
@@ -956,7 +988,8 @@ def _compiled_step(prob: EMProblem):
 
 def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100, n_background: int = 8,
                     widths: str = "caglioti", refine_zero: bool = True, search: float = 0.0,
-                    asymmetry: bool = False, refine_displacement: bool = False, problem: tuple | None = None,
+                    asymmetry: bool = False, refine_displacement: bool = False, fixed_background=None,
+                    problem: tuple | None = None,
                     chunk: int | None = 16,
                     track: bool = False, mesh=None):
     """Decompose many patterns on one grid with one compiled program (``vmap`` over patterns, a
@@ -978,7 +1011,7 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         raise DecompositionError(f"pattern(s) {bad.tolist()} contain NaN or negative values")
     prob, st0 = problem or build_problem(x, phases, instrument, n_background=n_background, widths=widths,
                                          refine_zero=refine_zero, search=search, asymmetry=asymmetry,
-                                         refine_displacement=refine_displacement)
+                                         refine_displacement=refine_displacement, fixed_background=fixed_background)
     if prob.two_theta.shape != x.shape or not np.allclose(prob.two_theta, x):
         raise DecompositionError("the given problem was built on another 2θ grid")
     with jax.enable_x64(True):
@@ -986,7 +1019,7 @@ def decompose_batch(two_theta, y_batch, phases, instrument, *, n_iter: int = 100
         if key not in _STEP_CACHE:
             xj = jnp.asarray(x)
             dx = jnp.asarray(np.gradient(x))
-            basis = _cheb_basis(xj, prob.n_background)
+            basis = _basis(prob, xj)
 
             def run(y, st0):
                 st = _initial_intensities(prob, st0, y, xj, dx, basis)
