@@ -108,3 +108,15 @@ def test_demo_runs_and_reports(tmp_path):
     res = json.loads((tmp_path / "demo" / "solve" / "result.json").read_text())  # the shipped generator's part
     assert res["composition"] == "LaAlO3" and res["candidates"] and res["candidates"][0]["rwp"] is not None
     assert "best candidate vs the structure the pattern was simulated from" in r.stdout
+
+
+def test_decompose_background_file_must_cover_the_range(zno_cif, tmp_path):
+    path, _ = zno_cif
+    tt = np.arange(20.0, 40.0, 0.02)
+    np.savetxt(tmp_path / "p.xy", np.column_stack([tt, np.full(tt.size, 100.0)]))
+    np.savetxt(tmp_path / "b.xy", np.column_stack([tt[250:], np.full(tt.size - 250, 90.0)]))
+    r = run("decompose", tmp_path / "p.xy", "--phase", path, "--wavelength", "CuKa", "--background-file",
+            tmp_path / "b.xy", "--out", tmp_path / "o")
+    assert r.returncode == 2
+    err = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("decomposing")]
+    assert len(err) == 1 and "covers 2θ 25–39.98°" in err[0], r.stderr
