@@ -65,11 +65,10 @@ def write_decomposition(d, instrument, out_dir, source: str = "", result: dict |
     res = result if result is not None else decomposition_dict(d, instrument, source)
     title = f"WPEM: Rwp {res['rwp_wpem']:.2f} % (PyWPEM weights), Rp {res['rp']:.2f} %"
     counts, idx = d.components()
-    phase_peaks = np.zeros((len(prob.phases), prob.two_theta.size))
+    phase_peaks = d.phase_peaks((counts, idx))
     curves = {}
     for i, ph in enumerate(prob.phases):
         sel = np.flatnonzero(prob.comp_phase == i)
-        np.add.at(phase_peaks[i], idx[sel].ravel(), counts[sel].ravel())
         if counts.shape[0] <= MAX_DRAWN_COMPONENTS:  # every component on the background
             curves[ph.name] = []
             for k in sel:

@@ -722,11 +722,11 @@ class Decomposition:
             c, idx = f(self.state, jnp.asarray(prob.two_theta), jnp.asarray(np.gradient(prob.two_theta)))
         return np.asarray(c), np.asarray(idx)
 
-    def phase_peaks(self) -> np.ndarray:
+    def phase_peaks(self, components=None) -> np.ndarray:
         """(P, N) fitted peak counts of each phase on the grid (their sum plus the background is
-        ``y_calc``)."""
+        ``y_calc``); ``components``: :meth:`components` if already computed."""
         prob = self.problem
-        c, idx = self.components()
+        c, idx = components if components is not None else self.components()
         out = np.zeros((len(prob.phases), prob.two_theta.size))
         for i in range(len(prob.phases)):
             sel = prob.comp_phase == i
