@@ -93,13 +93,14 @@ def main(argv=None) -> int:
     partial = Path(args.out).with_suffix(".partial.jsonl")
     signature = {"csv": args.csv, "rows": args.rows, "seed": args.seed, "samples": args.samples, "chunk": args.chunk,
                  "checkpoint": args.checkpoint, "polish": dataclasses.asdict(settings)}
-    rows, done = [], set()
+    rows, done, seconds_before = [], set(), 0.0
     if partial.exists():  # resume: the chunks a run with the same arguments finished
         lines = [json.loads(x) for x in partial.read_text().splitlines() if x.strip()]
         if lines and lines[0].get("signature") == signature:
             for rec in lines[1:]:
                 done.add(rec["chunk"])
                 rows.extend(rec["rows"])
+                seconds_before += rec.get("seconds", 0.0)
             print(f"resuming: {len(done)} chunk(s), {len(rows)} rows done", file=sys.stderr)
         else:
             partial.unlink()
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     for ci in range(n_chunks):
         if ci in done:
             continue
+        t_chunk = time.perf_counter()
         data = data_all.subset(np.arange(ci * args.chunk, min((ci + 1) * args.chunk, len(data_all))))
         y = _eval_patterns(data, meta)
         # per-chunk key: a resumed run draws the same samples as an uninterrupted one
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
             chunk_rows.append(row)
         rows.extend(chunk_rows)
         with open(partial, "a") as f:
-            f.write(json.dumps({"chunk": ci, "rows": chunk_rows}) + "\n")
+            f.write(json.dumps({"chunk": ci, "rows": chunk_rows, "seconds": time.perf_counter() - t_chunk}) + "\n")
         n_ok = sum(r["class"] == "top1_match" for r in rows)
         print(f"chunk {ci + 1}/{n_chunks}: {len(rows)} rows, top-1 {n_ok / len(rows):.3f}, "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -161,7 +163,9 @@ def main(argv=None) -> int:
                "median_top1_loss_failed": float(np.median([r["top1_loss"] for r in fails])) if fails else None,
                "median_best_match_loss_failed": float(np.median([r["best_match_loss"] for r in fails if "best_match_loss" in r]))
                if any("best_match_loss" in r for r in fails) else None,
-               "seconds": time.perf_counter() - t0}
+               # every chunk's own time (a resumed run adds the finished chunks'), and this invocation's
+               "seconds": seconds_before + time.perf_counter() - t0 if done else time.perf_counter() - t0,
+               "seconds_this_run": time.perf_counter() - t0}
     out = {"benchmark": "generator_failures", "checkpoint": args.checkpoint or str(default_checkpoint()),
            "rows_requested": args.rows or "all", "chunk": args.chunk,
            "polish": dataclasses.asdict(settings),

@@ -338,14 +338,16 @@ def cmd_calibrate(args) -> int:
 
 def _background_on_grid(path, two_theta):
     """A background curve (any pattern format: 2θ, counts) interpolated onto ``two_theta``; it
-    must cover the range."""
+    must cover the range (a ``DecompositionError`` otherwise: in a series only that pattern is
+    skipped)."""
+    from xtaljax.em import DecompositionError
     from xtaljax.io import read_pattern
 
     b = read_pattern(path)
     lo, hi = float(b.two_theta[0]), float(b.two_theta[-1])
     step = float(np.median(np.diff(two_theta))) if len(two_theta) > 1 else 0.0
     if lo > two_theta[0] + step or hi < two_theta[-1] - step:
-        raise CliError(f"--background-file {Path(path).name} covers 2θ {lo:g}–{hi:g}°, the pattern "
+        raise DecompositionError(f"--background-file {Path(path).name} covers 2θ {lo:g}–{hi:g}°, the pattern "
                        f"{two_theta[0]:g}–{two_theta[-1]:g}°")
     return np.interp(two_theta, b.two_theta, b.intensity)
 

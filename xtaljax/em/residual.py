@@ -6,10 +6,10 @@ width (a matched filter). The signal-to-noise ratio at every point is
 
     SNR_j = Σ_i k_i r_{j+i} / √(Σ_i k_i² v_{j+i}),   v = s² · max(y_calc, 1),
 
-(plus a model-error term (ε·peaks_j)² when the modelled peak counts are given: a profile shape
-that is 1–3 % off at a strong peak is not an unexplained peak), with the noise factor s² estimated from the data themselves (robust spread of the residual's
-second differences against √y_calc: lab data are often not Poisson — the Mn2O3 tutorial pattern
-scatters 3× more than √counts). A local maximum with SNR ≥ ``min_snr`` is reported with its 2θ,
+plus a model-error term (ε·peaks_j)² when the modelled peak counts are given (a profile shape
+that is 1–3 % off at a strong peak is not an unexplained peak). The noise factor s² is estimated
+from the data themselves (robust spread of the residual's second differences against √y_calc:
+lab data are often not Poisson — the Mn2O3 tutorial pattern scatters 3× more than √counts). A local maximum with SNR ≥ ``min_snr`` is reported with its 2θ,
 d-spacing (first wavelength), height and approximate area (height × FWHM × 1.064, Gaussian), and
 the nearest modelled peak (a residual within about one FWHM of a strong peak can also be a
 profile-shape misfit of that peak: asymmetry, a wrong Lorentzian share).
@@ -51,9 +51,10 @@ def unexplained_peaks(two_theta, y_obs, y_calc, peak_positions, peak_fwhm, peak_
                       model_error: float = 0.03) -> dict:
     """Significant positive peaks of the residual.
 
-    ``peak_positions``, ``peak_fwhm``, ``peak_areas``: the modelled peaks (first line), for the
-    local kernel width (FWHM interpolated over 2θ) and the nearest-peak report; ``labels``: a name
-    for each modelled peak (phase and hkl). Returns ``{"noise_factor", "min_snr", "peaks": [...]}``
+    ``peak_positions``, ``peak_fwhm``, ``peak_areas``: every modelled peak (each emission line of
+    each reflection), for the local kernel width (FWHM interpolated over 2θ) and the nearest-peak
+    report; ``labels``: a name for each modelled peak (phase, hkl, line). The filter is a direct
+    convolution, O(points × kernel) at six widths: fine for kernels of tens to hundreds of points. Returns ``{"noise_factor", "min_snr", "peaks": [...]}``
     with the peaks strongest first (at most ``max_peaks``)."""
     x = np.asarray(two_theta, np.float64)
     r = np.asarray(y_obs, np.float64) - np.asarray(y_calc, np.float64)
